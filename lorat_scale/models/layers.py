@@ -102,10 +102,12 @@ class Block(nn.Module):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = attn
-        self.ls1 = LayerScale(dim) if layerscale else nn.Identity()
+        # gamma 1.0 (not DINOv2's 1e-5): pretrained weights overwrite it, and a randomly initialised
+        # backbone (tests, tiny models) then has blocks that actually transform the tokens.
+        self.ls1 = LayerScale(dim, init_values=1.0) if layerscale else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = mlp
-        self.ls2 = LayerScale(dim) if layerscale else nn.Identity()
+        self.ls2 = LayerScale(dim, init_values=1.0) if layerscale else nn.Identity()
         self.drop_path = drop_path
         # DINOv2: rates above 0.1 drop whole samples from the branch computation (saves compute and
         # memory); lower rates use ordinary per-sample DropPath.

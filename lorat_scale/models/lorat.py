@@ -142,22 +142,23 @@ def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", backbone_s
     """
     from . import weights  # local: weights imports this module
 
-    with torch.device(device):
-        model = LoRAT(cfg)
-    meta = torch.device(device).type == "meta"
-    if backbone_state is None and cfg.backbone_weights and not meta:
-        backbone_state = weights.read_backbone(cfg.backbone_weights)
-    if backbone_state is not None:
-        weights.load_backbone_(model, backbone_state)
-    lora.freeze_backbone_(model)
-    lora.quantize_frozen_(model, cfg.frozen_dtype)
-    # Trainable init under a fixed seed so that every rank and rerun builds identical weights.
+    # Everything random (a backbone without weights, the trainable init) draws from a fixed seed so
+    # that every rank and every rerun builds the identical model.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.init_seed)
+        with torch.device(device):
+            model = LoRAT(cfg)
+        meta = torch.device(device).type == "meta"
+        if backbone_state is None and cfg.backbone_weights and not meta:
+            backbone_state = weights.read_backbone(cfg.backbone_weights)
+        if backbone_state is not None:
+            weights.load_backbone_(model, backbone_state)
+        lora.freeze_backbone_(model)
+        lora.quantize_frozen_(model, cfg.frozen_dtype)
         model.init_trainable_()
         lora.add_lora_(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_init, cfg.use_rslora)
-    if cfg.trainable_dtype != "fp32":
-        lora.set_lora_dtype_(model, lora.FROZEN_DTYPES[cfg.trainable_dtype])
+    # peft creates adapters in the base weight's dtype; trainable tensors follow the config instead.
+    lora.set_lora_dtype_(model, lora.FROZEN_DTYPES[cfg.trainable_dtype])
     return model
 
 
