@@ -6,9 +6,12 @@ pixel column i covers [i, i+1). An x,y,w,h box becomes (x, y, x+w, y+h).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported lazily: result/report tools use this module without it
+    import torch
 
 
 def xywh_to_xyxy(box: np.ndarray) -> np.ndarray:
@@ -49,6 +52,8 @@ def cell_mask(box_xyxy: np.ndarray | list[float], stride: float, grid_hw: tuple[
 
 def aligned_iou(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """IoU of matching rows of two (..., 4) xyxy tensors; union clamped to ``eps``."""
+    import torch
+
     lt = torch.maximum(a[..., :2], b[..., :2])
     rb = torch.minimum(a[..., 2:], b[..., 2:])
     inter = (rb - lt).clamp(min=0).prod(-1)
@@ -60,6 +65,8 @@ def aligned_iou(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> torch.Te
 
 def aligned_giou(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Generalized IoU of matching rows (mmdet formulation: union and hull clamped to ``eps``)."""
+    import torch
+
     lt = torch.maximum(a[..., :2], b[..., :2])
     rb = torch.minimum(a[..., 2:], b[..., 2:])
     inter = (rb - lt).clamp(min=0).prod(-1)

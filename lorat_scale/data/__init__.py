@@ -1,0 +1,1 @@
+"""Training and tracking data: readers, sequences, crops, augmentation, pair sampling, shards."""

@@ -1,0 +1,75 @@
+"""The "custom" format: the simplest layout for your own videos.
+
+::
+
+    <root>/
+      <sequence name>/              one folder per sequence (any name without "/" or ".")
+        *.jpg | *.png | ...         the frames, in name order (digit runs compare as numbers),
+                                    either directly here or in an ``img/`` subfolder
+        groundtruth.txt             one box per frame: x,y,w,h, 0-based continuous pixels
+                                    (x2 = x + w); values separated by commas, spaces or tabs;
+                                    fewer lines than frames = the remaining frames are unannotated;
+                                    a line "nan,nan,nan,nan" or an empty line = this frame unannotated
+        absent.txt (optional)       one 0/1 per frame (1 = object not visible), separated by
+                                    commas, spaces or newlines
+      <split>.txt (optional)        sequence folder names of a split, one per line; without it,
+                                    every folder holding a groundtruth.txt is in every split
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..sequence import Sequence
+from ._common import (OnError, ReadReport, clean, fit_length, image_size, list_images, parse_flags,
+                      parse_rows, xywh_rows_to_xyxy)
+
+
+def sequence_dirs(root: Path, split: str) -> list[Path]:
+    """Sequence folders of ``split`` (from ``<root>/<split>.txt`` if present)."""
+    lst = root / f"{split}.txt"
+    if lst.is_file():
+        return [root / n for n in lst.read_text().split()]
+    return sorted((root / d for d in os.listdir(root) if (root / d / "groundtruth.txt").is_file()),
+                  key=lambda p: p.name)
+
+
+def read_sequence(sdir: Path, on_error: OnError, report: ReadReport, dataset: str = "custom",
+                  do_clean: bool = True, trim: bool = True) -> Sequence | None:
+    """One custom sequence folder -> cleaned Sequence (None if no valid frame)."""
+    gt_path = sdir / "groundtruth.txt"
+    frames = list_images(sdir / "img") if (sdir / "img").is_dir() else list_images(sdir)
+    if not frames:
+        report.add(f"{sdir}: no image files (expected .jpg/.png/... frames here or in img/)", on_error)
+        return None
+    n = len(frames)
+    rows = parse_rows(gt_path, 4, on_error, report, allow_empty_rows=True)
+    if len(rows) > n:
+        report.add(f"{gt_path}:{n + 1}: {len(rows)} boxes for {n} frames, expected at most one box per frame",
+                   on_error)
+    rows = fit_length(rows, n, np.nan)
+    valid = np.isfinite(rows).all(axis=1)
+    ab = sdir / "absent.txt"
+    if ab.is_file():
+        flags = parse_flags(ab, on_error, report)
+        if len(flags) != n:
+            report.add(f"{ab}:1: {len(flags)} flags for {n} frames, expected one per frame", on_error)
+        valid &= ~fit_length(flags, n, False)
+    seq = Sequence(name=sdir.name, dataset=dataset, frames=frames, boxes=xywh_rows_to_xyxy(rows), valid=valid,
+                   frame_size=image_size(frames[0]), annotation=str(gt_path))
+    return clean(seq, report, trim=trim) if do_clean else seq
+
+
+def read(root: str | os.PathLike, split: str = "train", dataset: str = "custom", on_error: OnError = "raise",
+         report: ReadReport | None = None, clean: bool = True) -> list[Sequence]:
+    """Read every sequence folder of a custom-format root."""
+    root = Path(root)
+    report = report if report is not None else ReadReport()
+    out = []
+    for sdir in sequence_dirs(root, split):
+        s = read_sequence(sdir, on_error, report, dataset=dataset, do_clean=clean, trim=split != "test")
+        if s is not None:
+            out.append(s)
+    return out

@@ -1,0 +1,105 @@
+"""GOT-10k reader.
+
+Layout: ``<root>/{train,val,test}/list.txt`` naming sequence folders; each folder holds
+``%08d.jpg`` frames, ``groundtruth.txt`` (x,y,w,h per line, 0-based continuous: no shift),
+``absence.label`` (1 = object absent -> invalid) and ``cover.label`` (visible fraction 0..8, kept in
+``Sequence.extra["cover"]``). The test split annotates the first frame only (the other boxes are NaN).
+Splits: "train", "val", "test", and "vot_train" / "vot_val": the lines of ``train/list.txt`` whose
+0-based indices are listed in the split file (pytracking's lists; LoRAT trains on vot_train).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ... import paths
+from ..sequence import Sequence
+from ._common import (OnError, ReadReport, check_finite, clean, fit_length, image_size, list_images, parse_flags,
+                      parse_rows, xywh_rows_to_xyxy)
+
+SUBSETS = {"vot_train": "got10k_vot_train_split.txt", "vot_val": "got10k_vot_val_split.txt"}
+
+
+def _subset_file(root: Path, split: str, split_file: str | os.PathLike | None) -> Path:
+    """The index list of a vot_* subset: given, in the root, or in the shared data folder."""
+    if split_file:
+        return Path(split_file)
+    for p in (root / SUBSETS[split], paths.shared_data() / "splits" / SUBSETS[split]):
+        if p.is_file():
+            return p
+    raise FileNotFoundError(f"GOT-10k split {split!r} needs {SUBSETS[split]} (0-based indices into "
+                            f"train/list.txt): not in {root}; pass split_file=PATH")
+
+
+def sequence_names(root: Path, split: str, split_file: str | os.PathLike | None = None) -> tuple[str, list[str]]:
+    """(folder, sequence names) of a split."""
+    folder = "train" if split in SUBSETS else split
+    if folder not in ("train", "val", "test"):
+        raise ValueError(f"GOT-10k split {split!r}: expected train, val, test, vot_train or vot_val")
+    list_path = root / folder / "list.txt"
+    names = list_path.read_text().split()
+    if split in SUBSETS:
+        sf = _subset_file(root, split, split_file)
+        picked = []
+        for ln, tok in enumerate(sf.read_text().split("\n"), 1):
+            if not tok.strip():
+                continue
+            try:
+                k = int(tok)
+            except ValueError:
+                raise ValueError(f"{sf}:{ln}: {tok!r} is not an integer index into {list_path}") from None
+            if not 0 <= k < len(names):
+                raise ValueError(f"{sf}:{ln}: index {k} outside {list_path} ({len(names)} lines, 0-based)")
+            picked.append(names[k])
+        names = picked
+    return folder, names
+
+
+def read_sequence(sdir: Path, on_error: OnError, report: ReadReport, do_clean: bool = True,
+                  trim: bool = True) -> Sequence | None:
+    """One GOT-10k sequence folder -> cleaned Sequence (None if no valid frame)."""
+    gt_path = sdir / "groundtruth.txt"
+    frames = list_images(sdir)
+    if not frames:
+        report.add(f"{sdir}: no image files, expected %08d.jpg frames", on_error)
+        return None
+    n = len(frames)
+    bad: list[int] = []
+    rows = parse_rows(gt_path, 4, on_error, report, bad=bad)
+    if len(rows) > n:
+        report.add(f"{gt_path}:{n + 1}: {len(rows)} boxes for {n} frames, expected at most one box per frame",
+                   on_error)
+    # Frames with a box line are annotated; visibility then comes from absence.label, and a NaN
+    # box on a frame it calls present is reported. Frames past the last line (test) are unannotated.
+    valid = fit_length(np.ones(len(rows), dtype=bool), n, False)
+    valid[[b for b in bad if b < n]] = False
+    rows = fit_length(rows, n, np.nan)
+    extra = {}
+    ab = sdir / "absence.label"
+    if ab.is_file():
+        absent = parse_flags(ab, on_error, report)
+        valid &= ~fit_length(absent, n, False)
+    cv = sdir / "cover.label"
+    if cv.is_file():
+        cover = parse_rows(cv, 1, on_error, report, what="cover level 0..8")[:, 0]
+        extra["cover"] = fit_length(cover, n, np.nan)
+    seq = Sequence(name=sdir.name, dataset="got10k", frames=frames, boxes=xywh_rows_to_xyxy(rows), valid=valid,
+                   frame_size=image_size(frames[0]), extra=extra, annotation=str(gt_path))
+    check_finite(seq, gt_path, on_error, report)
+    return clean(seq, report, trim=trim) if do_clean else seq
+
+
+def read(root: str | os.PathLike, split: str = "train", split_file: str | os.PathLike | None = None,
+         on_error: OnError = "raise", report: ReadReport | None = None, clean: bool = True) -> list[Sequence]:
+    """Read a GOT-10k root for ``split`` (train, val, test, vot_train, vot_val)."""
+    root = Path(root)
+    report = report if report is not None else ReadReport()
+    folder, names = sequence_names(root, split, split_file)
+    out = []
+    for name in names:
+        s = read_sequence(root / folder / name, on_error, report, do_clean=clean, trim=folder != "test")
+        if s is not None:
+            out.append(s)
+    return out

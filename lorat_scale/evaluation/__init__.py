@@ -1,0 +1,1 @@
+"""Benchmark evaluation: OPE metrics, result files and submission zips, reports, the benchmark runner."""
