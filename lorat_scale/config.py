@@ -99,6 +99,11 @@ class DataConfig:
     flip_prob: float = 0.5  # independent horizontal flip probability per image
     num_workers: int = 4  # loader processes per rank
     shuffle_buffer: int = 2000  # webdataset shuffle buffer (samples)
+    # Shard stream (lorat_scale/data/stream.py): its items are whole sequence windows holding up to
+    # ~400 frames of JPEG bytes (tens of MB), so its shuffle buffer is counted in windows and small;
+    # records are also shuffled across shards when written.
+    stream_shuffle_buffer: int = 16
+    check_images: bool = True  # stream: reject truncated/non-image frame bytes (header + end marker; no decode)
     on_bad_sample: Literal["skip", "raise"] = "skip"  # corrupt JPEG / bad box / truncated shard
     seed: int = 0  # the pair stream is a function of (seed, epoch, position)
 
@@ -113,7 +118,11 @@ class TrainConfig:
     epochs: int = 170  # 100 for the GOT-10k-only protocol
     global_batch: int = 128  # summed over ranks and accumulation steps
     micro_batch: int = 16  # per rank per forward; accumulation = global / (micro * world)
-    lr: float = 1e-4  # AdamW peak lr at global batch 128 (scale linearly when the batch changes)
+    lr: float = 1e-4  # AdamW peak lr (the paper's, at global batch 128; see lr_scaling)
+    # "none": peak = lr whatever the global batch (the paper); "linear": lr * global_batch /
+    # lr_reference_batch (linear scaling rule). See lorat_scale/train/optim.py.
+    lr_scaling: Literal["none", "linear"] = "none"
+    lr_reference_batch: int = 128  # global batch at which ``lr`` is the peak under linear scaling
     min_lr: float = 1e-6  # cosine floor
     warmup_epochs: float = 2.0  # linear warm-up from warmup_lr
     warmup_lr: float = 1e-7
@@ -132,6 +141,10 @@ class TrainConfig:
     max_steps: int = 0  # stop after N optimizer steps (0 = epochs * steps_per_epoch)
     seed: int = 0
     tracker: Literal["tensorboard", "wandb", "none"] = "tensorboard"
+    wandb_project: str = "lorat_scale"  # used when tracker = "wandb"
+    ds_config: str = ""  # DeepSpeed JSON (scripts/train.py --ds); "" = DDP / single process
+    val_batches: int = 0  # micro-batches per rank per validation run (0 = all val_pairs_per_epoch)
+    log_pairs: bool = False  # write each rank's pair indices/keys per step to pairs_rank{r}.jsonl (debug, tests)
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,8 +158,11 @@ class TrackConfig:
     search_area_factor: float = 4.0  # 4 for *-224, 5 for *-378
     template_area_factor: float = 2.0
     min_box_size: float = 10.0  # previous box w/h raised to at least this before cropping
+    # Autocast dtype of the model forward (post-processing always runs in fp32). The reference
+    # evaluates under fp16 autocast on GPU; fp32 reproduces the golden files exactly.
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     compile: bool = False  # torch.compile the merged model
+    device: str = "auto"  # "auto" = cuda if available else cpu; or "cpu", "cuda", "cuda:1", ...
 
 
 @dataclass
