@@ -154,10 +154,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
 # name -> (help, add-arguments function, command function). Add new subcommands here.
 def _cmd_estimate_memory(args: argparse.Namespace) -> int:
     """Trace one training step on fake tensors and print the predicted peak GPU memory."""
-    from .memory.estimate import estimate, resolve_config
+    from .memory.estimate import default_probes, estimate, resolve_config
 
     cfg = resolve_config(args.config, args.batch, args.overrides, args.memory_saving)
-    print(estimate(cfg, probe_depths=None if args.full_depth else (2, 4)).report())
+    print(estimate(cfg, probe_depths=None if args.full_depth else default_probes(cfg)).report())
     return 0
 
 
@@ -169,7 +169,7 @@ def _add_estimate_memory(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory-saving", default="none", choices=list(MEMORY_SAVING),
                    help="max: every option the memory goals need (applied before the overrides)")
     p.add_argument("--full-depth", action="store_true",
-                   help="trace every block (default: trace 2 and 4 blocks and extrapolate; same result, ~10x faster)")
+                   help="trace every block (default for L/g: trace 2 and 4 blocks and extrapolate; same peak, ~5x faster)")
     p.add_argument("overrides", nargs="*", help="dotted config overrides as in training, e.g. model.frozen_dtype=int8")
 
 

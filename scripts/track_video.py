@@ -1,0 +1,179 @@
+#!/usr/bin/env python
+"""Track one object through a video file or a camera and write an annotated video + the boxes.
+
+    python scripts/track_video.py --video clip.mp4 --init 292,128,146,132 --checkpoint run/best.safetensors \
+        --backbone dinov2_vits14.pth --out tracked.mp4
+    python scripts/track_video.py --video 0            # camera 0; select the target with the mouse
+
+``--init`` is x,y,w,h in frame pixels (0-based). Without it the first frame is shown for a mouse
+selection (cv2.selectROI; needs a display and a GUI build of OpenCV). Without ``--checkpoint`` the
+sample ViT-S weights are used with an **untrained head** (the boxes then show the pipeline, not
+tracking). The boxes file holds one ``x,y,w,h`` line per frame (0-based continuous pixels).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lorat_scale.tracking.tracker import Tracker  # noqa: E402
+
+
+def parse_init(text: str) -> np.ndarray:
+    """'x,y,w,h' -> float64 xyxy; ValueError with the reason otherwise."""
+    parts = [p for p in text.replace(" ", ",").split(",") if p]
+    try:
+        x, y, w, h = (float(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"--init {text!r}: expected four numbers x,y,w,h (e.g. 292,128,146,132)") from None
+    if not (w > 0 and h > 0) or not np.isfinite([x, y, w, h]).all():
+        raise ValueError(f"--init {text!r}: width and height must be positive and finite")
+    return np.array([x, y, x + w, y + h], dtype=np.float64)
+
+
+def open_video(source: str) -> tuple[cv2.VideoCapture, bool]:
+    """Open a file or a camera index; (capture, is_camera). Raises if it cannot be read."""
+    is_camera = source.isdigit()
+    if not is_camera and not Path(source).is_file():
+        raise FileNotFoundError(f"video file not found: {source}")
+    cap = cv2.VideoCapture(int(source) if is_camera else source)
+    if not cap.isOpened():
+        raise RuntimeError(f"cannot open {'camera' if is_camera else 'video'} {source!r} with OpenCV")
+    return cap, is_camera
+
+
+def select_roi(frame_bgr: np.ndarray) -> np.ndarray:
+    """Mouse selection of the target on the first frame (needs a display)."""
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        raise RuntimeError("no display for a mouse selection: pass --init x,y,w,h")
+    try:
+        x, y, w, h = cv2.selectROI("select the target, then ENTER", frame_bgr, showCrosshair=True)
+        cv2.destroyAllWindows()
+    except cv2.error as e:  # opencv-python-headless has no GUI
+        raise RuntimeError(f"OpenCV has no GUI here ({e.msg.strip()}): pass --init x,y,w,h") from None
+    if w <= 0 or h <= 0:
+        raise RuntimeError("empty selection: pass --init x,y,w,h or select a box")
+    return np.array([x, y, x + w, y + h], dtype=np.float64)
+
+
+def draw(frame_bgr: np.ndarray, box: np.ndarray, score: float | None, index: int) -> np.ndarray:
+    """Box, score and frame index drawn on a copy of the frame."""
+    out = frame_bgr.copy()
+    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    cv2.rectangle(out, (x1, y1), (x2, y2), (0, 255, 0), 2)
+    label = f"#{index}" + ("  init" if score is None else f"  score {score:.2f}")
+    (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.6, 1)
+    cv2.rectangle(out, (4, 22 - th - 4), (12 + tw, 22 + base), (0, 0, 0), -1)  # legible on any background
+    cv2.putText(out, label, (8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+def build_tracker(args: argparse.Namespace) -> Tracker:
+    """Tracker from --checkpoint/--backbone, or the sample weights (untrained head)."""
+    kw = dict(device=args.device, precision=args.precision)
+    if args.checkpoint:
+        return Tracker.from_checkpoint(args.checkpoint, variant=args.variant, backbone=args.backbone,
+                                       overrides=args.set, **kw)
+    if args.backbone:
+        raise SystemExit("--backbone without --checkpoint: pass the trained checkpoint too")
+    print("note: no --checkpoint: sample ViT-S weights with an UNTRAINED head (boxes will not follow the target)")
+    return Tracker.from_sample_weights(variant=args.variant, **kw)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the tracker over the video; returns the exit status."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--video", required=True, help="video file or camera index (0, 1, ...)")
+    p.add_argument("--init", default="", help="x,y,w,h of the target in the first frame (default: mouse selection)")
+    p.add_argument("--checkpoint", default="", help="trained checkpoint (ours or official LoRAT)")
+    p.add_argument("--backbone", default="", help="DINOv2 backbone weights for --checkpoint")
+    p.add_argument("--variant", default="S-224")
+    p.add_argument("--out", default="", help="annotated video (default: <video>_tracked.mp4)")
+    p.add_argument("--boxes", default="", help="boxes txt (default: next to --out, .txt)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config overrides, e.g. track.window_penalty=0.3 model.depth=2")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0 = all; cameras: until Ctrl-C)")
+    p.add_argument("--snapshot", default="", help="also save annotated frame --snapshot-frame as this PNG")
+    p.add_argument("--snapshot-frame", type=int, default=10)
+    args = p.parse_args(argv)
+
+    try:
+        init_box = parse_init(args.init) if args.init else None
+        cap, is_camera = open_video(args.video)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        p.error(str(e))
+    ok, first = cap.read()
+    if not ok or first is None:
+        p.error(f"cannot read a first frame from {args.video!r} (empty or unsupported codec)")
+    h, w = first.shape[:2]
+    if init_box is None:
+        try:
+            init_box = select_roi(first)
+        except RuntimeError as e:
+            p.error(str(e))
+    if init_box[2] <= 0 or init_box[3] <= 0 or init_box[0] >= w or init_box[1] >= h:
+        p.error(f"--init box {args.init} lies outside the {w}x{h} frame")
+
+    out_path = Path(args.out or (f"camera{args.video}" if is_camera else str(Path(args.video).with_suffix("")))
+                    + ("" if args.out else "_tracked.mp4"))
+    boxes_path = Path(args.boxes) if args.boxes else out_path.with_suffix(".txt")
+    fps_in = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    writer = cv2.VideoWriter(str(out_path), cv2.VideoWriter_fourcc(*"mp4v"), fps_in, (w, h))
+    if not writer.isOpened():
+        p.error(f"cannot write {out_path} (mp4v codec unavailable? try --out file.avi)")
+
+    tracker = build_tracker(args)
+    tracker.init(cv2.cvtColor(first, cv2.COLOR_BGR2RGB), init_box)
+    print(f"video {args.video}: {w}x{h} @ {fps_in:.1f} fps; init box xyxy {np.round(init_box, 2).tolist()}; "
+          f"{args.variant} on {tracker.device} ({tracker.precision})")
+    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if not is_camera else 0
+    if args.max_frames:
+        total = min(total, args.max_frames) if total > 0 else args.max_frames
+    boxes = [init_box]
+    writer.write(draw(first, init_box, None, 0))
+    if args.snapshot and args.snapshot_frame == 0:
+        cv2.imwrite(args.snapshot, draw(first, init_box, None, 0))
+    track_s, index = 0.0, 0
+    bar = tqdm(total=total or None, initial=1, unit="frame")
+    try:
+        while not args.max_frames or index + 1 < args.max_frames:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            index += 1
+            t0 = time.perf_counter()
+            box, score = tracker.track(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+            track_s += time.perf_counter() - t0
+            boxes.append(box)
+            annotated = draw(frame, box, score, index)
+            writer.write(annotated)
+            if args.snapshot and index == args.snapshot_frame:
+                cv2.imwrite(args.snapshot, annotated)
+            bar.update(1)
+            bar.set_postfix(track_fps=f"{index / track_s:.1f}")
+    except KeyboardInterrupt:
+        print("\ninterrupted: writing what was tracked so far")
+    finally:
+        bar.close()
+        cap.release()
+        writer.release()
+    xywh = np.concatenate([np.stack(boxes)[:, :2], np.stack(boxes)[:, 2:] - np.stack(boxes)[:, :2]], axis=1)
+    np.savetxt(boxes_path, xywh, fmt="%.3f", delimiter=",")
+    fps = index / track_s if track_s > 0 else float("nan")
+    print(f"tracked {index} frames: {fps:.1f} fps (crop + model + post-processing, no video I/O)")
+    print(f"wrote {out_path} and {boxes_path} (x,y,w,h per frame)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
