@@ -1,0 +1,291 @@
+"""LoRAT training-pair sampling and the training transform (lorat_spec.md sections 4.1-4.3).
+
+The sample at ``(seed, epoch, index)`` is a pure function of those three numbers (and the data):
+the epoch plan (which dataset and sequence each index uses) comes from a generator seeded with
+``(seed, epoch)``, and everything inside one sample from ``default_rng([seed, epoch, index])``.
+A resumed run therefore sees exactly the samples it would have seen.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from lorat_scale.boxes import cell_mask
+from lorat_scale.config import DataConfig
+from lorat_scale.data import augment, crop
+from lorat_scale.data.decode import decode_image
+from lorat_scale.data.sequence import Sequence
+
+__all__ = [
+    "FrameLoader",
+    "PairSamplingError",
+    "JitteredCrop",
+    "load_frame",
+    "sample_frames",
+    "jitter_search_params",
+    "make_pair",
+    "PairDataset",
+]
+
+log = logging.getLogger(__name__)
+
+FrameLoader = Callable[[Sequence, int], np.ndarray]
+STRIDE = 14  # ViT patch size: template-mask and label cell size
+MAX_RESAMPLES = 100  # pairs re-drawn (bad frame, no valid frame, jitter failure) before giving up
+
+
+class PairSamplingError(RuntimeError):
+    """No usable pair could be drawn; the message names the dataset."""
+
+
+def load_frame(seq: Sequence, i: int) -> np.ndarray:
+    """Default frame loader: ``seq``'s encoded bytes (file or in-memory shard) -> uint8 HWC RGB."""
+    try:
+        return decode_image(seq.read_bytes(i))
+    except OSError as e:
+        raise OSError(f"{seq.key}/{seq.frames[i]}: {e}") from e
+
+
+def sample_frames(seq: Sequence, rng: np.random.Generator, max_gap: int) -> tuple[int, int] | None:
+    """(template, search) frame indices per LoRAT's interval rule, or None if no valid frame."""
+    # A shard window's template comes from its core only; its margins serve as search frames.
+    templates = seq.template_indices() if hasattr(seq, "template_indices") else seq.valid_indices()
+    if templates.size == 0:
+        return None
+    t = int(templates[rng.integers(templates.size)])
+    if seq.is_image:
+        return t, t
+    valid = seq.valid_indices()
+    gap = np.abs(valid - t)
+    cand = valid[(gap > 0) & (gap <= max_gap)]
+    s = int(cand[rng.integers(cand.size)]) if cand.size else t  # no candidate: the same frame
+    return t, s
+
+
+@dataclass
+class JitteredCrop:
+    """A search-crop jitter that passed the min-object-size rule."""
+
+    params_requested: np.ndarray
+    params: np.ndarray  # adjusted
+    box_crop: np.ndarray  # search box in crop pixels (adjusted params), unclipped
+
+
+def jitter_search_params(
+    box: np.ndarray,
+    frame_size_wh: tuple[int, int],
+    cfg: DataConfig,
+    search_size: int,
+    area_factor: float,
+    rng: np.random.Generator,
+) -> JitteredCrop | None:
+    """Jittered search-crop params leaving >= min_object_size px of object, or None after the retries."""
+    bw, bh = box[2] - box[0], box[3] - box[1]
+    base = crop.siamfc_params(box, area_factor, search_size)[0, 0]
+    for _ in range(cfg.crop_retries):
+        scale = 1.0 / np.exp(rng.standard_normal(2) * cfg.scale_jitter)  # per axis: aspect jitters too
+        mean_side = 0.5 * (bw * base * scale[0] + bh * base * scale[1])  # object size in output px
+        shift = rng.uniform(-1.0, 1.0, size=2) * cfg.translate_jitter * mean_side
+        req = crop.siamfc_params(box, area_factor, search_size, scale_jitter=scale, shift=shift)
+        adj = crop.adjusted_params(frame_size_wh, req, search_size)
+        b = crop.map_boxes(adj, box)
+        c = np.clip(b, 0.0, search_size)
+        if c[2] - c[0] >= cfg.min_object_size and c[3] - c[1] >= cfg.min_object_size:
+            return JitteredCrop(req, adj, b)
+    return None
+
+
+@contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Run the block with one torch thread, restoring the previous count.
+
+    F.interpolate's output differs in the last bits with the thread count (its vector/tail split
+    follows the per-thread chunks), so pinning one thread makes a sample bit-identical whether it is
+    built in the main process or in a DataLoader worker (which runs one thread). Small per-pair
+    tensors gain nothing from more threads; the switch costs < 1 us.
+    """
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def make_pair(
+    sequences: list[Sequence],
+    cfg: DataConfig,
+    rng: np.random.Generator,
+    template_size: int = 112,
+    search_size: int = 224,
+    seq_index: int | None = None,
+    load_frame: FrameLoader = load_frame,
+    augment_images: bool = True,
+) -> dict:
+    """One training sample (ARCHITECTURE.md "A training sample") drawn with ``rng`` from ``sequences``."""
+    if not sequences:
+        raise PairSamplingError("no sequences to sample from")
+    with _one_torch_thread():
+        return _make_pair(sequences, cfg, rng, template_size, search_size, seq_index, load_frame, augment_images)
+
+
+def _make_pair(
+    sequences: list[Sequence],
+    cfg: DataConfig,
+    rng: np.random.Generator,
+    template_size: int,
+    search_size: int,
+    seq_index: int | None,
+    load_frame: FrameLoader,
+    augment_images: bool,
+) -> dict:
+    """make_pair's body (run with one torch thread)."""
+    tz, tx = template_size, search_size
+    errors = []
+    # Data-quality counters, summed per batch by the training collate (scripts/train.py).
+    counters = {"resampled": 0, "bad_frames": 0}
+    for attempt in range(MAX_RESAMPLES):
+        counters["resampled"] = attempt
+        si = seq_index if (attempt == 0 and seq_index is not None) else int(rng.integers(len(sequences)))
+        seq = sequences[si]
+        frames = sample_frames(seq, rng, cfg.max_frame_gap)
+        if frames is None:
+            continue
+        t, s = frames
+        key = f"{seq.key}/{t}/{s}"
+        z_box, x_box = seq.boxes[t], seq.boxes[s]
+        try:
+            crop.check_box(z_box, f"{key} template box")
+            crop.check_box(x_box, f"{key} search box")
+            x_frame = load_frame(seq, s)
+        except (OSError, ValueError) as e:
+            if cfg.on_bad_sample == "raise":
+                raise
+            log.warning("skipping bad sample %s: %s", key, e)
+            errors.append(str(e))
+            counters["bad_frames"] += 1
+            continue
+        x_wh = (x_frame.shape[1], x_frame.shape[0])
+        jit = jitter_search_params(x_box, x_wh, cfg, tx, cfg.search_area_factor, rng)
+        if jit is None:
+            continue  # the whole pair is re-sampled (LoRAT's rejection rule)
+        try:
+            z_frame = x_frame if t == s else load_frame(seq, t)
+        except OSError as e:
+            if cfg.on_bad_sample == "raise":
+                raise
+            log.warning("skipping bad sample %s: %s", key, e)
+            errors.append(str(e))
+            counters["bad_frames"] += 1
+            continue
+        # Out-of-frame area is padded with each image's own mean colour (training transform).
+        z_req = crop.siamfc_params(z_box, cfg.template_area_factor, tz)
+        z, z_params = crop.crop_image(z_frame, z_req, tz)  # pad: the frame's mean, only if needed
+        x, _ = crop.crop_image(x_frame, jit.params_requested, tx)
+        z_box_c = crop.map_boxes(z_params, z_box)
+        x_box_c = jit.box_crop
+        if augment_images:
+            z, z_box_c, x, x_box_c = augment.augment_pair(
+                z, z_box_c, x, x_box_c, rng, flip_prob=cfg.flip_prob, jitter=cfg.color_jitter, inplace=True
+            )
+        else:
+            z, x = augment.normalize(z), augment.normalize(x)
+        x_box_c = np.clip(x_box_c, 0.0, tx)  # boxes are clipped to the crop after augmentation
+        return {
+            "z": z,
+            "x": x,
+            "z_feat_mask": torch.from_numpy(cell_mask(z_box_c, STRIDE, (tz // STRIDE, tz // STRIDE))),
+            "target_box": torch.from_numpy((x_box_c / tx).astype(np.float32)),
+            "positive_map": torch.from_numpy(cell_mask(x_box_c, STRIDE, (tx // STRIDE, tx // STRIDE)).astype(bool)),
+            "key": key,
+            "counters": counters,
+        }
+    ds = sequences[0].dataset
+    raise PairSamplingError(
+        f"dataset {ds!r}: no usable pair after {MAX_RESAMPLES} draws"
+        + (f" (last error: {errors[-1]})" if errors else " (no valid frames or the jitter always failed)")
+    )
+
+
+def _split_counts(total: int, weights: list[float]) -> np.ndarray:
+    """Integer shares of ``total`` proportional to ``weights`` (largest remainders, sums to total)."""
+    w = np.asarray(weights, dtype=np.float64)
+    exact = total * w / w.sum()
+    counts = np.floor(exact).astype(np.int64)
+    rest = total - int(counts.sum())
+    counts[np.argsort(-(exact - counts), kind="stable")[:rest]] += 1
+    return counts
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """Map-style dataset of training pairs: index -> sample, deterministic in (cfg.seed, epoch, index)."""
+
+    def __init__(
+        self,
+        sources: list[list[Sequence]],
+        cfg: DataConfig,
+        template_size: int = 112,
+        search_size: int = 224,
+        epoch: int = 0,
+        load_frame: FrameLoader = load_frame,
+        augment_images: bool = True,
+        pairs_per_epoch: int | None = None,
+    ) -> None:
+        sources = [list(s) for s in sources]
+        if not sources or any(len(s) == 0 for s in sources):
+            raise ValueError("PairDataset needs at least one source, and every source at least one sequence")
+        weights = list(cfg.weights) or [1.0] * len(sources)
+        if len(weights) != len(sources) or min(weights) < 0 or sum(weights) <= 0:
+            raise ValueError(f"data.weights {weights} must give one non-negative weight per source ({len(sources)})")
+        self.sources, self.cfg, self.weights = sources, cfg, weights
+        self.template_size, self.search_size = template_size, search_size
+        self.load_frame, self.augment_images = load_frame, augment_images
+        self.length = int(pairs_per_epoch if pairs_per_epoch is not None else cfg.pairs_per_epoch)
+        self.set_epoch(epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Build the epoch plan: which dataset and sequence each index draws from."""
+        self.epoch = int(epoch)
+        # spawn_key keeps this stream apart from the per-sample default_rng([seed, epoch, index]).
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.cfg.seed, self.epoch], spawn_key=(1,))))
+        counts = _split_counts(self.length, self.weights)
+        ds_of_index = rng.permutation(np.repeat(np.arange(len(self.sources)), counts))
+        seq_of_index = np.empty(self.length, dtype=np.int64)
+        for d, n in enumerate(counts):
+            if n == 0:
+                continue
+            m = len(self.sources[d])
+            # Without replacement within a dataset: shuffled passes over all sequences, tiled.
+            order = np.concatenate([rng.permutation(m) for _ in range(-(-int(n) // m))])[:n]
+            seq_of_index[ds_of_index == d] = order
+        self._plan_ds, self._plan_seq = ds_of_index, seq_of_index
+
+    def __len__(self) -> int:
+        return self.length
+
+    def rng_for(self, index: int) -> np.random.Generator:
+        """The generator of sample ``index`` in the current epoch."""
+        return np.random.default_rng([self.cfg.seed, self.epoch, int(index)])
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < self.length:
+            raise IndexError(f"pair index {index} out of range [0, {self.length})")
+        d, s = int(self._plan_ds[index]), int(self._plan_seq[index])
+        return make_pair(
+            self.sources[d],
+            self.cfg,
+            self.rng_for(index),
+            self.template_size,
+            self.search_size,
+            seq_index=s,
+            load_frame=self.load_frame,
+            augment_images=self.augment_images,
+        )
