@@ -103,6 +103,11 @@ class DataConfig:
     # ~400 frames of JPEG bytes (tens of MB), so its shuffle buffer is counted in windows and small;
     # records are also shuffled across shards when written.
     stream_shuffle_buffer: int = 16
+    # Pairs streamed from shards (lorat_scale/data/stream_pairs.py): mean pairs drawn per record visit
+    # (fewer bytes read per pair vs. more correlated pairs; docs/DATA.md), and records held open per
+    # source in each loader lane (pairs of one record spread over more batches).
+    stream_pairs_per_record: float = 4.0
+    stream_open_records: int = 4
     check_images: bool = True  # stream: reject truncated/non-image frame bytes (header + end marker; no decode)
     on_bad_sample: Literal["skip", "raise"] = "skip"  # corrupt JPEG / bad box / truncated shard
     seed: int = 0  # the pair stream is a function of (seed, epoch, position)

@@ -160,7 +160,8 @@ def _make_pair(
         if frames is None:
             continue
         t, s = frames
-        key = f"{seq.key}/{t}/{s}"
+        # Frame numbers in the whole sequence (a shard window starts at seq.offset): keys stay unique.
+        key = f"{seq.key}/{seq.offset + t}/{seq.offset + s}"
         z_box, x_box = seq.boxes[t], seq.boxes[s]
         try:
             crop.check_box(z_box, f"{key} template box")
