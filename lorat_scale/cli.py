@@ -29,6 +29,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(variant=args.variant, checkpoint=args.checkpoint, data=args.data, frames=args.frames)
 
 
+def _cmd_quickstart(args: argparse.Namespace) -> int:
+    """Fine-tune S-224 on the sample data, track its sequences, print metrics and the report."""
+    from .quickstart import run_quickstart
+
+    return run_quickstart(data=args.data, out=args.out, steps=args.steps, batch=args.batch)
+
+
+def _add_quickstart(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="", help="shared/data folder (default: ../shared/data or $LORAT_SHARED)")
+    p.add_argument("--out", default="runs/quickstart", help="run folder (training, results, report)")
+    p.add_argument("--steps", type=int, default=120, help="optimizer steps of the fine-tuning")
+    p.add_argument("--batch", type=int, default=8, help="pairs per step")
+
+
 def _cmd_convert_checkpoint(args: argparse.Namespace) -> int:
     """Convert a trainable-only checkpoint between our format and the official LoRAT format."""
     from .models.weights import convert_checkpoint
@@ -162,19 +176,20 @@ def _cmd_estimate_memory(args: argparse.Namespace) -> int:
 
 
 def _add_estimate_memory(p: argparse.ArgumentParser) -> None:
-    from .memory.estimate import MEMORY_SAVING
-
     p.add_argument("--config", default="S-224", help="variant preset, e.g. g-378")
     p.add_argument("--batch", type=int, default=16, help="micro-batch per GPU")
-    p.add_argument("--memory-saving", default="none", choices=list(MEMORY_SAVING),
-                   help="max: every option the memory goals need (applied before the overrides)")
+    # The presets live in memory.estimate.MEMORY_SAVING (not imported here: keeps --help fast).
+    p.add_argument("--memory-saving", default="none", choices=["none", "max"],
+                   help="max: every memory-saving option, most headroom (applied before the overrides)")
     p.add_argument("--full-depth", action="store_true",
-                   help="trace every block (default for L/g: trace 2 and 4 blocks and extrapolate; same peak, ~5x faster)")
+                   help="trace every block (default for L/g: trace 2 and 4 blocks and extrapolate; same peak)")
     p.add_argument("overrides", nargs="*", help="dotted config overrides as in training, e.g. model.frozen_dtype=int8")
 
 
 SUBCOMMANDS: dict[str, tuple] = {
     "info": ("parameters and MACs of every variant", _add_info, _cmd_info),
+    "quickstart": ("the main job: fine-tune on the sample data, track, evaluate, report", _add_quickstart,
+                   _cmd_quickstart),
     "demo": ("track a few real frames with the sample-weights model", _add_demo, _cmd_demo),
     "convert-checkpoint": ("convert trainable checkpoints ours <-> official", _add_convert_checkpoint,
                            _cmd_convert_checkpoint),
