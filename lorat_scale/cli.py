@@ -39,7 +39,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
 def _add_quickstart(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="", help="shared/data folder (default: ../shared/data or $LORAT_SHARED)")
     p.add_argument("--out", default="runs/quickstart", help="run folder (training, results, report)")
-    p.add_argument("--steps", type=int, default=120, help="optimizer steps of the fine-tuning")
+    p.add_argument("--steps", type=int, default=100, help="optimizer steps of the fine-tuning")
     p.add_argument("--batch", type=int, default=8, help="pairs per step")
 
 
