@@ -50,8 +50,8 @@ def cell_mask(box_xyxy: np.ndarray | list[float], stride: float, grid_hw: tuple[
     return mask
 
 
-def aligned_iou(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """IoU of matching rows of two (..., 4) xyxy tensors; union clamped to ``eps``."""
+def _inter_union(a: "torch.Tensor", b: "torch.Tensor", eps: float) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Intersection and union (clamped to ``eps``) areas of matching rows of (..., 4) xyxy tensors."""
     import torch
 
     lt = torch.maximum(a[..., :2], b[..., :2])
@@ -59,7 +59,12 @@ def aligned_iou(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> torch.Te
     inter = (rb - lt).clamp(min=0).prod(-1)
     area_a = (a[..., 2:] - a[..., :2]).prod(-1)
     area_b = (b[..., 2:] - b[..., :2]).prod(-1)
-    union = (area_a + area_b - inter).clamp(min=eps)
+    return inter, (area_a + area_b - inter).clamp(min=eps)
+
+
+def aligned_iou(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """IoU of matching rows of two (..., 4) xyxy tensors; union clamped to ``eps``."""
+    inter, union = _inter_union(a, b, eps)
     return inter / union
 
 
@@ -67,14 +72,8 @@ def aligned_giou(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> torch.T
     """Generalized IoU of matching rows (mmdet formulation: union and hull clamped to ``eps``)."""
     import torch
 
-    lt = torch.maximum(a[..., :2], b[..., :2])
-    rb = torch.minimum(a[..., 2:], b[..., 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)
-    area_a = (a[..., 2:] - a[..., :2]).prod(-1)
-    area_b = (b[..., 2:] - b[..., :2]).prod(-1)
-    union = (area_a + area_b - inter).clamp(min=eps)
-    iou = inter / union
+    inter, union = _inter_union(a, b, eps)
     hull_lt = torch.minimum(a[..., :2], b[..., :2])
     hull_rb = torch.maximum(a[..., 2:], b[..., 2:])
     hull = (hull_rb - hull_lt).clamp(min=0).prod(-1).clamp(min=eps)
-    return iou - (hull - union) / hull
+    return inter / union - (hull - union) / hull
