@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from lorat_scale.boxes import xyxy_to_xywh  # noqa: E402
 from lorat_scale.tracking.tracker import Tracker  # noqa: E402
 
 
@@ -167,8 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         bar.close()
         cap.release()
         writer.release()
-    xywh = np.concatenate([np.stack(boxes)[:, :2], np.stack(boxes)[:, 2:] - np.stack(boxes)[:, :2]], axis=1)
-    np.savetxt(boxes_path, xywh, fmt="%.3f", delimiter=",")
+    np.savetxt(boxes_path, xyxy_to_xywh(np.stack(boxes)), fmt="%.3f", delimiter=",")
     fps = index / track_s if track_s > 0 else float("nan")
     print(f"tracked {index} frames: {fps:.1f} fps (crop + model + post-processing, no video I/O)")
     print(f"wrote {out_path} and {boxes_path} (x,y,w,h per frame)")
