@@ -129,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
 
     device = a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if a.one:
-        res = run_one(a.variant, ROWS[a.one][1] + a.overrides, a.batch, a.steps, a.warmup, device)
+        # Every row starts from fp32 (the config default is bf16, the GPU default) so "base" is all-off.
+        overrides = ["train.precision=fp32"] + ROWS[a.one][1] + a.overrides
+        res = run_one(a.variant, overrides, a.batch, a.steps, a.warmup, device)
         print("RESULT " + json.dumps(res))
         return 0
     names = a.rows.split(",")

@@ -242,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         # accelerate would silently run fp16 as fp32 on CPU.
         raise SystemExit("train.precision=fp16 needs a CUDA GPU (fp16 autocast + loss scaling); "
                          "on CPU use bf16 or fp32")
+    if tc.precision == "bf16" and not cuda and "AVX512" not in torch.backends.cpu.get_cpu_capability():
+        print("warning: train.precision=bf16 on a CPU without AVX-512: bf16 matmuls run far slower than fp32 "
+              "here; pass train.precision=fp32", file=sys.stderr)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     accum = accumulation_steps(tc.global_batch, tc.micro_batch, world)
     ds_plugin = None
