@@ -1,9 +1,10 @@
 """The ``lorat-scale`` command: one subcommand per task, each a small function below.
 
+    lorat-scale quickstart                        the main job: fine-tune, track, evaluate, report
     lorat-scale info [--variants S-224,L-224]      parameters and MACs of each variant
-    lorat-scale demo                              sample weights + real frames -> one predicted box
-    lorat-scale convert-checkpoint SRC DST --to official|ours
-    (more subcommands are registered in SUBCOMMANDS at the bottom)
+    lorat-scale demo                              track a few real frames with the sample weights
+    lorat-scale estimate-memory --config g-378 --batch 16 --memory-saving max
+    (every subcommand is registered in SUBCOMMANDS at the bottom; `lorat-scale CMD --help`)
 """
 from __future__ import annotations
 
