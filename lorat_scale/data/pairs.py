@@ -163,16 +163,20 @@ def _make_pair(
         # Frame numbers in the whole sequence (a shard window starts at seq.offset): keys stay unique.
         key = f"{seq.key}/{seq.offset + t}/{seq.offset + s}"
         z_box, x_box = seq.boxes[t], seq.boxes[s]
+        def skip_bad(e: Exception) -> None:
+            """Raise or count-and-log a bad frame/box, by ``data.on_bad_sample``."""
+            if cfg.on_bad_sample == "raise":
+                raise e
+            log.warning("skipping bad sample %s: %s", key, e)
+            errors.append(str(e))
+            counters["bad_frames"] += 1
+
         try:
             crop.check_box(z_box, f"{key} template box")
             crop.check_box(x_box, f"{key} search box")
             x_frame = load_frame(seq, s)
         except (OSError, ValueError) as e:
-            if cfg.on_bad_sample == "raise":
-                raise
-            log.warning("skipping bad sample %s: %s", key, e)
-            errors.append(str(e))
-            counters["bad_frames"] += 1
+            skip_bad(e)
             continue
         x_wh = (x_frame.shape[1], x_frame.shape[0])
         jit = jitter_search_params(x_box, x_wh, cfg, tx, cfg.search_area_factor, rng)
@@ -181,11 +185,7 @@ def _make_pair(
         try:
             z_frame = x_frame if t == s else load_frame(seq, t)
         except OSError as e:
-            if cfg.on_bad_sample == "raise":
-                raise
-            log.warning("skipping bad sample %s: %s", key, e)
-            errors.append(str(e))
-            counters["bad_frames"] += 1
+            skip_bad(e)
             continue
         # Out-of-frame area is padded with each image's own mean colour (training transform).
         z_req = crop.siamfc_params(z_box, cfg.template_area_factor, tz)
