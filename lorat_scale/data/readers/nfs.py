@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from ..sequence import Sequence
-from ._common import OnError, ReadReport, clean, image_size, list_images, parse_rows, xywh_rows_to_xyxy
+from ._common import clean as clean_sequence  # read()'s ``clean`` flag shadows the name
+from ._common import OnError, ReadReport, image_size, list_images, parse_rows, xywh_rows_to_xyxy
 
 _SPLIT = re.compile(r"\s+")
 
@@ -85,11 +86,7 @@ def read(root: str | os.PathLike, split: str = "test", dataset: str = "nfs", on_
         seq = Sequence(name=name, dataset=dataset, frames=frames, boxes=boxes, valid=valid,
                        frame_size=image_size(frames[0]), annotation=str(gt))
         seq.extra["visible"] = ~lost
-        s = _clean(seq, report) if clean else seq
+        s = clean_sequence(seq, report, trim=False) if clean else seq
         if s is not None:
             out.append(s)
     return out
-
-
-def _clean(seq: Sequence, report: ReadReport) -> Sequence | None:
-    return clean(seq, report, trim=False)  # module-level helper: read()'s ``clean`` flag shadows it

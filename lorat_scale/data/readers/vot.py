@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from ..sequence import Sequence
-from ._common import OnError, ReadReport, clean, image_size, list_images
+from ._common import clean as clean_sequence  # read()'s ``clean`` flag shadows the name
+from ._common import OnError, ReadReport, image_size, list_images
 
 _SPLIT = re.compile(r"[,\s]+")
 
@@ -86,11 +87,7 @@ def read(root: str | os.PathLike, split: str = "test", dataset: str = "vot", on_
             valid = np.isfinite(boxes).all(axis=1) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         seq = Sequence(name=name, dataset=dataset, frames=frames, boxes=boxes, valid=valid,
                        frame_size=image_size(frames[0]), annotation=str(gt))
-        s = _clean(seq, report) if clean else seq
+        s = clean_sequence(seq, report, trim=False) if clean else seq
         if s is not None:
             out.append(s)
     return out
-
-
-def _clean(seq: Sequence, report: ReadReport) -> Sequence | None:
-    return clean(seq, report, trim=False)  # module-level helper: read()'s ``clean`` flag shadows it
