@@ -3,7 +3,7 @@
 Every option is documented where it is defined. Presets exist for each LoRAT variant
 (S/B/L/g x 224/378); any field can be overridden from the command line with a dotted key:
 
-    python scripts/train.py --config L-224 train.lr=5e-5 model.grad_checkpointing=true
+    lorat-scale train --variant L-224 train.lr=5e-5 model.grad_checkpointing=true
 
 Unknown keys and values of the wrong type raise a ``ConfigError`` that names the key.
 """
@@ -137,7 +137,11 @@ class TrainConfig:
     optimizer: Literal["adamw", "adamw8bit"] = "adamw"  # adamw8bit: bitsandbytes, changes numerics
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"  # fp16: CUDA only (loss scaling)
     compile: bool = False  # torch.compile the training model
-    max_bad_steps: int = 10  # consecutive non-finite losses before the run stops
+    # A non-finite loss (on any rank): "stop" (the paper's NaN guard) writes nonfinite_step_N/ (the
+    # batch's pair keys, the loss parts, the trainable weights) to the run directory and stops;
+    # "skip" drops the update and stops only after train.max_bad_steps skipped steps in a row.
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    max_bad_steps: int = 10  # with on_nonfinite=skip: consecutive skipped steps before the run stops
     output_dir: str = "runs/default"
     save_every: int = 1000  # steps between checkpoints
     keep_checkpoints: int = 3
@@ -145,9 +149,9 @@ class TrainConfig:
     val_every: int = 1000  # steps between validation-loss runs (0 = off)
     max_steps: int = 0  # stop after N optimizer steps (0 = epochs * steps_per_epoch)
     seed: int = 0
-    tracker: Literal["tensorboard", "wandb", "none"] = "tensorboard"
-    wandb_project: str = "lorat_scale"  # used when tracker = "wandb"
-    ds_config: str = ""  # DeepSpeed JSON (scripts/train.py --ds); "" = DDP / single process
+    log_with: Literal["tensorboard", "wandb", "none"] = "tensorboard"  # experiment logger (accelerate's log_with)
+    wandb_project: str = "lorat_scale"  # used when log_with = "wandb"
+    ds_config: str = ""  # DeepSpeed JSON (lorat-scale train --ds); "" = DDP / single process
     val_batches: int = 0  # micro-batches per rank per validation run (0 = all val_pairs_per_epoch)
     log_pairs: bool = False  # write each rank's pair indices/keys per step to pairs_rank{r}.jsonl (debug, tests)
 
@@ -240,12 +244,18 @@ def _parse_value(key: str, raw: str, typ: Any) -> Any:
     raise ConfigError(f"config key {key!r}: unsupported type {typ}")
 
 
+# Keys that were renamed: the error names the new one.
+RENAMED = {"train.tracker": "train.log_with"}
+
+
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     """Apply ``section.key=value`` overrides in place; unknown keys raise ConfigError."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         key, raw = item.split("=", 1)
+        if key in RENAMED:
+            raise ConfigError(f"config key {key!r} was renamed {RENAMED[key]!r}: use {RENAMED[key]}={raw}")
         node: Any = cfg
         parts = key.split(".")
         for i, name in enumerate(parts):

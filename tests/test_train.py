@@ -6,8 +6,8 @@ compute bit-identical numbers.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
+import math
 import os
 import signal
 import subprocess
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
 TINY = ["model.embed_dim=32", "model.depth=2", "model.num_heads=2", "model.lora_r=4", "model.lora_alpha=8",
         "model.template_size=28", "model.search_size=56", "model.pretrain_grid=6", "train.precision=fp32",
-        "train.tracker=none", "data.num_workers=0", "train.log_every=1000"]
+        "train.log_with=none", "data.num_workers=0", "train.log_every=1000"]
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +38,10 @@ def sources(shared_data):
 
 @pytest.fixture(scope="module")
 def train_module():
-    """scripts/train.py imported as a module (its main() runs in-process)."""
-    spec = importlib.util.spec_from_file_location("lorat_train_script", ROOT / "scripts" / "train.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    """The training loop module (its main() runs in-process)."""
+    from lorat_scale.train import loop
+
+    return loop
 
 
 def run_inprocess(mod, argv):
@@ -121,7 +120,7 @@ def test_fp16_on_cpu_is_a_clear_error(train_module, sources, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("CPU-only check")
     with pytest.raises(SystemExit, match="fp16 needs a CUDA GPU"):
-        run_inprocess(train_module, ["--config", "S-224", *TINY, *sources, "train.precision=fp16",
+        run_inprocess(train_module, ["--variant", "S-224", *TINY, *sources, "train.precision=fp16",
                                      f"train.output_dir={tmp_path}"])
 
 
@@ -130,7 +129,7 @@ def test_fp16_on_cpu_is_a_clear_error(train_module, sources, tmp_path):
 # ----------------------------------------------------------------------------------------------
 def test_loss_goes_down(train_module, sources, tmp_path):
     run = tmp_path / "run"
-    argv = ["--config", "S-224", *TINY, *sources, "data.pairs_per_epoch=16", "data.val_pairs_per_epoch=16",
+    argv = ["--variant", "S-224", *TINY, *sources, "data.pairs_per_epoch=16", "data.val_pairs_per_epoch=16",
             "train.global_batch=8", "train.micro_batch=8", "train.epochs=20", "train.warmup_epochs=0",
             "train.lr=3e-3", "train.min_lr=3e-4", "train.val_every=20", "train.save_every=0",
             f"train.output_dir={run}"]
@@ -151,33 +150,60 @@ def test_loss_goes_down(train_module, sources, tmp_path):
     assert not any("patch_embed" in k or "norm1" in k for k in weights)
 
 
-def test_nonfinite_steps_are_skipped_then_stop(train_module, sources, tmp_path, monkeypatch):
-    real = train_module.forward_loss
-    calls = {"n": 0}
+def flaky_loss(monkeypatch, bad_calls):
+    """Make the step's loss non-finite on the given (1-based) calls."""
+    from lorat_scale.train import step
 
-    def flaky(model, batch, n):
+    real, calls = step.lorat_loss, {"n": 0}
+
+    def flaky(outputs, batch, n):
         calls["n"] += 1
-        res = real(model, batch, n)
-        if calls["n"] == 2 or calls["n"] >= 5:  # step 2 is bad once; from step 5 on every step is bad
+        res = real(outputs, batch, n)
+        if bad_calls(calls["n"]):
             res["loss"] = res["loss"] * float("nan")
         return res
 
-    monkeypatch.setattr(train_module, "forward_loss", flaky)
+    monkeypatch.setattr(step, "lorat_loss", flaky)
+
+
+def test_nonfinite_skip_option_skips_then_stops(train_module, sources, tmp_path, monkeypatch):
+    flaky_loss(monkeypatch, lambda n: n == 2 or n >= 5)  # step 2 is bad once; from step 5 on every step is bad
     run = tmp_path / "run"
-    argv = ["--config", "S-224", *TINY, sources[0], "data.pairs_per_epoch=64", "train.global_batch=4",
-            "train.micro_batch=4", "train.epochs=1", "train.max_bad_steps=3", "train.save_every=0",
-            f"train.output_dir={run}"]
-    with pytest.raises(SystemExit, match="3 consecutive non-finite losses"):
+    argv = ["--variant", "S-224", *TINY, sources[0], "data.pairs_per_epoch=64", "train.global_batch=4",
+            "train.micro_batch=4", "train.epochs=1", "train.on_nonfinite=skip", "train.max_bad_steps=3",
+            "train.save_every=0", f"train.output_dir={run}"]
+    with pytest.raises(SystemExit, match="3 skipped steps in a row"):
         run_inprocess(train_module, argv)
     rows = metrics(run)
     assert [rows[s]["bad"] for s in range(1, 8)] == [False, True, False, False, True, True, True]
     assert "grad_norm" not in rows[2] and "grad_norm" in rows[3]  # no update on a skipped step
-    dump = json.loads((run / "bad_batch_rank0.json").read_text())
-    assert dump["step"] == 7 and len(dump["keys"]) == 4 and dump["keys"][0].count("/") == 3
+    assert sorted(p.name for p in run.glob("nonfinite_step_*")) == ["nonfinite_step_00000007"]
+
+
+def test_nonfinite_loss_stops_by_default_and_dumps_the_state(train_module, sources, tmp_path, monkeypatch):
+    """The spec's NaN guard: the first non-finite loss writes keys, step, loss parts and weights, then stops."""
+    flaky_loss(monkeypatch, lambda n: n == 6)  # step 3's second micro-batch
+    run = tmp_path / "run"
+    argv = ["--variant", "S-224", *TINY, sources[0], "data.pairs_per_epoch=64", "train.global_batch=4",
+            "train.micro_batch=2", "train.epochs=1", "train.save_every=0", f"train.output_dir={run}"]
+    with pytest.raises(SystemExit, match=r"stopping at step 3: non-finite loss \(train.on_nonfinite=stop\).*"
+                                         r"nonfinite_step_00000003"):
+        run_inprocess(train_module, argv)
+    dump = run / "nonfinite_step_00000003"
+    report = json.loads((dump / "batch_rank0.json").read_text())
+    assert report["step"] == 3 and report["world_size"] == 1 and len(report["keys"]) == 4
+    assert all(k.count("/") == 3 for k in report["keys"])  # <dataset>/<sequence>/<t>/<s>
+    parts = report["loss_parts"]
+    assert len(parts) == 2 and all(math.isfinite(v) for v in parts[0].values())
+    assert math.isnan(parts[1]["loss"]) and math.isfinite(parts[1]["loss_bce"])
+    weights = load_file(dump / "trainable.safetensors")
+    assert "token_type_embed" in weights and all(torch.isfinite(v).all() for v in weights.values())
+    # The weights dumped are those before the bad step: steps 1 and 2 updated, step 3 did not.
+    assert sorted(metrics(run)) == [1, 2, 3] and metrics(run)[3]["bad"] is True
 
 
 def test_one_vs_two_processes_same_losses(train_module, sources, tmp_path):
-    common = ["--config", "S-224", *TINY, sources[0], "data.pairs_per_epoch=16", "train.global_batch=8",
+    common = ["--variant", "S-224", *TINY, sources[0], "data.pairs_per_epoch=16", "train.global_batch=8",
               "train.epochs=2", "train.warmup_epochs=0", "train.lr=3e-3", "train.save_every=0", "train.log_pairs=true"]
     one, two = tmp_path / "one", tmp_path / "two"
     assert run_inprocess(train_module, [*common, "train.micro_batch=4", f"train.output_dir={one}"]) == 0
@@ -208,7 +234,7 @@ def test_one_vs_two_processes_same_losses(train_module, sources, tmp_path):
 def test_deepspeed_zero2_step_and_resume(sources, tmp_path):
     pytest.importorskip("deepspeed")
     run = tmp_path / "ds"
-    cmd = [PY, str(ROOT / "scripts" / "train.py"), "--config", "S-224", "--ds", str(ROOT / "ds_configs" / "zero2.json"),
+    cmd = [PY, str(ROOT / "scripts" / "train.py"), "--variant", "S-224", "--ds", str(ROOT / "ds_configs" / "zero2.json"),
            *TINY, sources[0], "train.precision=bf16", "data.pairs_per_epoch=8", "train.global_batch=4",
            "train.micro_batch=2", "train.epochs=2", "train.save_every=0", f"train.output_dir={run}"]
     # The first DeepSpeed run on a machine JIT-builds an op (cached in ~/.cache/torch_extensions).
@@ -235,7 +261,7 @@ def test_deepspeed_zero2_step_and_resume(sources, tmp_path):
 
 
 def test_kill9_then_resume_is_bit_identical(train_module, sources, tmp_path):
-    common = ["--config", "S-224", *TINY, *sources, "data.pairs_per_epoch=16", "data.val_pairs_per_epoch=4",
+    common = ["--variant", "S-224", *TINY, *sources, "data.pairs_per_epoch=16", "data.val_pairs_per_epoch=4",
               "train.global_batch=4", "train.micro_batch=2", "train.epochs=3", "train.warmup_epochs=1",
               "train.lr=3e-3", "train.save_every=4", "train.keep_checkpoints=2", "train.val_every=6",
               "model.drop_path=0.2", "model.batch_subset_drop_path=false", "model.lora_dropout=0.1"]  # RNG in use
@@ -269,7 +295,7 @@ def test_shard_stream_training_resumes_exactly(train_module, tmp_path, shared_da
     from _data_trees import build_shards
 
     shards = build_shards(tmp_path / "src", shared_data, n_seqs=4, n=6, min_shards=2)
-    common = ["--config", "S-224", *TINY, f"data.train_sources=[shards={shards}]", "data.pairs_per_epoch=16",
+    common = ["--variant", "S-224", *TINY, f"data.train_sources=[shards={shards}]", "data.pairs_per_epoch=16",
               "data.num_workers=0", "train.global_batch=4", "train.micro_batch=2", "train.epochs=2",
               "train.warmup_epochs=0", "train.lr=3e-3", "train.save_every=0", "train.log_pairs=true"]
     ref, run = tmp_path / "ref", tmp_path / "run"

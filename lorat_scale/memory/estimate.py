@@ -167,7 +167,7 @@ def exact_terms(cfg: Config) -> ExactTerms:
 # ---------------------------------------------------------------------------------------------
 def _build_meta(cfg: Config) -> nn.Module:
     """The training model on the meta device; int8/nf4 frozen weights built as bf16 (see module doc)."""
-    from ..models.lorat import build_model
+    from ..models.builder import build_model
 
     mcfg = copy.deepcopy(cfg.model)
     if mcfg.frozen_dtype in ("int8", "nf4"):
