@@ -116,6 +116,51 @@ def test_fill_ds_config_from_run_config():
     assert plugin.deepspeed_config["train_micro_batch_size_per_gpu"] == 4 and plugin.zero_stage == 2
 
 
+def test_broken_or_non_object_ds_json_is_one_line_naming_the_file(train_module, sources, tmp_path):
+    broken, array = tmp_path / "broken.json", tmp_path / "array.json"
+    broken.write_text('{"zero_optimization": {"stage": 2,}}')
+    array.write_text('[{"zero_optimization": {"stage": 2}}]')
+    argv = ["--variant", "S-224", *TINY, *sources, f"train.output_dir={tmp_path / 'run'}"]
+    with pytest.raises(SystemExit) as e:
+        run_inprocess(train_module, [*argv, "--ds", str(broken)])
+    msg = str(e.value)
+    assert msg.startswith(f"error: --ds {broken}: line 1 column 35: not valid JSON") and "\n" not in msg
+    with pytest.raises(SystemExit, match=rf"--ds {array}: expected a JSON object .* got a JSON list"):
+        run_inprocess(train_module, [*argv, "--ds", str(array)])
+    with pytest.raises(SystemExit, match=rf"--ds {tmp_path / 'nope.json'}: cannot read"):
+        run_inprocess(train_module, [*argv, "--ds", str(tmp_path / "nope.json")])
+
+
+def test_run_checks_refuse_unsafe_option_sets():
+    from lorat_scale.config import load_config
+    from lorat_scale.train.distributed import check_run
+
+    zero3 = json.loads((ROOT / "ds_configs" / "zero3.json").read_text())
+    zero2 = json.loads((ROOT / "ds_configs" / "zero2.json").read_text())
+    # bf16 trainable weights under plain AdamW: no master copy, small updates vanish.
+    with pytest.raises(ConfigError, match="model.trainable_dtype=bf16 .* no fp32 master copy"):
+        check_run(load_config("S-224", ["model.trainable_dtype=bf16"]), None, "cuda")
+    check_run(load_config("S-224", ["model.trainable_dtype=bf16"]), zero2, "cuda")  # DeepSpeed keeps fp32 masters
+    # Quantized frozen weights cannot be partitioned by ZeRO-3.
+    for storage in ("int8", "nf4"):
+        with pytest.raises(ConfigError, match=f"model.frozen_dtype={storage} with ZeRO-3"):
+            check_run(load_config("g-224", [f"model.frozen_dtype={storage}"]), zero3, "cuda")
+        check_run(load_config("g-224", [f"model.frozen_dtype={storage}"]), zero2, "cuda")
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
+        check_run(load_config("S-224", ["train.precision=fp16"]), None, "cpu")
+
+
+def test_bitsandbytes_releases_that_requantize_int8_on_a_move_are_refused():
+    from lorat_scale.models.lora import check_bitsandbytes
+
+    for bad in ("0.46.0", "0.47.1"):
+        with pytest.raises(RuntimeError, match=f"bitsandbytes {bad}: this release re-quantizes int8 weights"):
+            check_bitsandbytes(bad, "int8")
+        check_bitsandbytes(bad, "nf4")  # 4-bit parameters track their own quantized state
+    for good in ("0.45.5", "0.48.0", "0.50.2"):
+        check_bitsandbytes(good, "int8")
+
+
 def test_fp16_on_cpu_is_a_clear_error(train_module, sources, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("CPU-only check")
