@@ -335,6 +335,22 @@ def test_kill9_then_resume_is_bit_identical(train_module, sources, tmp_path):
     assert not list((run / "checkpoints").glob(".tmp_*"))
 
 
+def test_resume_with_compile(train_module, sources, tmp_path, monkeypatch):
+    """train.compile=true: checkpoints carry the plain parameter names and a compiled run resumes from them."""
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: real_compile(m, backend="eager"))  # dynamo, no codegen
+    common = ["--variant", "S-224", *TINY, sources[0], "data.pairs_per_epoch=8", "train.global_batch=2",
+              "train.micro_batch=2", "train.epochs=1", "train.warmup_epochs=0", "train.lr=3e-3", "train.compile=true",
+              "train.save_every=2", f"train.output_dir={tmp_path}"]
+    assert run_inprocess(train_module, [*common, "train.max_steps=2"]) == 0
+    saved = load_file(tmp_path / "checkpoints" / "step_00000002" / "model.safetensors")
+    assert "token_type_embed" in saved and not any(k.startswith("_orig_mod.") for k in saved)
+    assert run_inprocess(train_module, [*common, "train.max_steps=3", "--resume", "auto"]) == 0
+    assert sorted(metrics(tmp_path)) == [1, 2, 3]
+    after = load_file(tmp_path / "model.safetensors")
+    assert any(not torch.equal(saved[k], after[k]) for k in saved)  # step 3 trained on the loaded weights
+
+
 def test_shard_stream_training_resumes_exactly(train_module, tmp_path, shared_data):
     """shards=MANIFEST sources: the stream path trains, and a stop + --resume auto continues bit-exactly."""
     from _data_trees import build_shards
