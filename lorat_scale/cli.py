@@ -1,9 +1,11 @@
 """The ``lorat-scale`` command: one subcommand per task, each a small function below.
 
     lorat-scale quickstart                        the main job: fine-tune, track, evaluate, report
+    lorat-scale train --variant L-224 data.train_sources=[...]   train or resume a run (lorat-scale train --help)
+    lorat-scale dry-run --variant g-378 --batch 16 --world-size 512   one step on fake CUDA: memory, FLOPs, traffic
     lorat-scale info [--variants S-224,L-224]      parameters and MACs of each variant
     lorat-scale demo                              track a few real frames with the sample weights
-    lorat-scale estimate-memory --config g-378 --batch 16 --memory-saving max
+    lorat-scale estimate-memory --variant g-378 --batch 16 --memory-saving max
     (every subcommand is registered in SUBCOMMANDS at the bottom; `lorat-scale CMD --help`)
 """
 from __future__ import annotations
@@ -166,28 +168,63 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return report_main(args)
 
 
-# name -> (help, add-arguments function, command function). Add new subcommands here.
-def _cmd_estimate_memory(args: argparse.Namespace) -> int:
-    """Trace one training step on fake tensors and print the predicted peak GPU memory."""
-    from .memory.estimate import default_probes, estimate, resolve_config
+def _dry_run_config(args: argparse.Namespace, world: int):
+    """The configuration a dry run or memory estimate traces (memory-saving set, batch, overrides)."""
+    from .memory.estimate import resolve_config
 
-    cfg = resolve_config(args.config, args.batch, args.overrides, args.memory_saving)
+    # Default global batch: one micro-batch per rank per step; an explicit train.global_batch wins.
+    return resolve_config(args.variant, args.batch, [f"train.global_batch={args.batch * world}", *args.overrides],
+                          args.memory_saving)
+
+
+def _cmd_dry_run(args: argparse.Namespace) -> int:
+    """Two training steps on fake CUDA as rank 0 of a fake world: per-rank memory, FLOPs and traffic."""
+    from .memory.estimate import default_probes, dry_run
+    from .train.distributed import read_ds_config
+
+    cfg = _dry_run_config(args, args.world_size)
+    ds = read_ds_config(args.ds) if args.ds else None
+    if ds is not None:
+        cfg.train.ds_config = args.ds
+    print(dry_run(cfg, args.world_size, ds, probe_depths=None if args.full_depth else default_probes(cfg)).report())
+    return 0
+
+
+def _cmd_estimate_memory(args: argparse.Namespace) -> int:
+    """The dry run's memory breakdown for one GPU (world size 1)."""
+    from .memory.estimate import default_probes, estimate
+
+    cfg = _dry_run_config(args, 1)
     print(estimate(cfg, probe_depths=None if args.full_depth else default_probes(cfg)).report())
     return 0
 
 
 def _add_estimate_memory(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default="S-224", help="variant preset, e.g. g-378")
+    p.add_argument("--variant", default="S-224", help="variant preset, e.g. g-378")
     p.add_argument("--batch", type=int, default=16, help="micro-batch per GPU")
     # The presets live in memory.estimate.MEMORY_SAVING (not imported here: keeps --help fast).
     p.add_argument("--memory-saving", default="none", choices=["none", "max"],
                    help="max: every memory-saving option, most headroom (applied before the overrides)")
     p.add_argument("--full-depth", action="store_true",
-                   help="trace every block (default for L/g: trace 2 and 4 blocks and extrapolate; same peak)")
-    p.add_argument("overrides", nargs="*", help="dotted config overrides as in training, e.g. model.frozen_dtype=int8")
+                   help="trace every block (default for L/g: trace 2 and 4 blocks and extrapolate; same result)")
+    p.add_argument("overrides", nargs="*", help="config overrides as in training, e.g. model.frozen_dtype=int8")
 
 
+def _add_dry_run(p: argparse.ArgumentParser) -> None:
+    _add_estimate_memory(p)
+    p.add_argument("--world-size", type=int, default=1, help="number of GPUs simulated (any size: 8, 512, ...)")
+    p.add_argument("--ds", default="", help="DeepSpeed JSON, e.g. ds_configs/zero3.json (default: DDP)")
+
+
+def _add_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("args", nargs=argparse.REMAINDER, help="see lorat-scale train --help")
+
+
+# name -> (help, add-arguments function, command function). Add new subcommands here.
 SUBCOMMANDS: dict[str, tuple] = {
+    "train": ("train or resume a run: one process, DDP, DeepSpeed (lorat-scale train --help)", _add_train, None),
+    "dry-run": ("one training step on fake CUDA at any world size: per-rank memory, FLOPs, traffic",
+                _add_dry_run, _cmd_dry_run),
     "info": ("parameters and MACs of every variant", _add_info, _cmd_info),
     "quickstart": ("the main job: fine-tune on the sample data, track, evaluate, report", _add_quickstart,
                    _cmd_quickstart),
@@ -202,22 +239,33 @@ SUBCOMMANDS: dict[str, tuple] = {
                  _cmd_evaluate),
     "report": ("compare trackers' results: Markdown/CSV table and success/precision plots", _add_report,
                _cmd_report),
-    "estimate-memory": ("predicted peak GPU memory of one training step (fake tensors, CPU)",
+    "estimate-memory": ("predicted peak GPU memory of one training step on one GPU (the dry run's memory part)",
                         _add_estimate_memory, _cmd_estimate_memory),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``lorat-scale`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:  # the loop parses its own options (one definition: train/loop.py)
+        from .train.loop import main as train_main
+
+        return train_main(argv[1:])
     parser = argparse.ArgumentParser(prog="lorat-scale", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, add_args, func) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_text)
+        p = sub.add_parser(name, help=help_text, add_help=func is not None)
         add_args(p)
         p.set_defaults(func=func)
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    from .config import ConfigError
+
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as e:  # a bad option or config value: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

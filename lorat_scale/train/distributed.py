@@ -14,6 +14,10 @@ from pathlib import Path
 
 from ..config import Config, ConfigError, TrainConfig
 
+# DistributedDataParallel options of the loop (and of the dry run's DDP): gradients live in the
+# communication buckets (no second copy).
+DDP_KWARGS = {"gradient_as_bucket_view": True}
+
 # DeepSpeed keys that the run's config decides; ds_configs/*.json set them to "auto".
 DS_RUN_KEYS = (
     "train_batch_size",

@@ -40,8 +40,8 @@ from ..data.pairs import PairDataset
 from ..data.stream_pairs import ShardPairDataset, worker_init_fn
 from ..models import build_model
 from ..models.weights import load_trainable, save_trainable
-from .distributed import (accumulation_steps, check_run, fill_ds_config, micro_batch_indices, read_ds_config,
-                          zero_stage)
+from .distributed import (DDP_KWARGS, accumulation_steps, check_run, fill_ds_config, micro_batch_indices,
+                          read_ds_config, zero_stage)
 from .optim import build_optimizer, build_scheduler, peak_lr, steps_per_epoch
 from .loss import lorat_loss
 from .step import to_device, train_step
@@ -343,7 +343,7 @@ def train(argv: list[str] | None = None) -> int:
         deepspeed_plugin=ds_plugin,
         log_with=None if tc.log_with == "none" else tc.log_with,
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
-        kwargs_handlers=[DistributedDataParallelKwargs(gradient_as_bucket_view=True)],
+        kwargs_handlers=[DistributedDataParallelKwargs(**DDP_KWARGS)],
     )
     if accelerator.num_processes != world:
         raise SystemExit(f"WORLD_SIZE={world} but accelerate runs {accelerator.num_processes} processes: launch with "
