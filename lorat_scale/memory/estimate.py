@@ -498,9 +498,12 @@ def _flash_bwd_workspace(cfg: Config, batch: int) -> int:
     return round_block(4 * rows * n_r * m.num_heads * d_r) + round_block(4 * rows * m.num_heads * n_r)
 
 
-def _modelled_terms(cfg: Config, batch: int, allocated: int) -> list[ModelledTerm]:
+def _modelled_terms(cfg: Config, batch: int, allocated: int, zero3_gathered: int = 0) -> list[ModelledTerm]:
     """The terms fake tensors cannot see, one per kernel/allocator effect."""
     terms = []
+    if zero3_gathered:
+        terms.append(ModelledTerm("ZeRO-3 gathered", zero3_gathered, "one block's parameters all-gathered for its "
+                                  "forward/backward + the next block prefetched (stage3_prefetch_bucket_size)"))
     if cfg.model.attn_backend == "sdpa" and cfg.train.precision in ("bf16", "fp16"):
         terms.append(ModelledTerm("flash-attn bwd", _flash_bwd_workspace(cfg, batch),
                                   "FA2 fp32 dq accumulator + softmax_d of one attention backward "
@@ -551,10 +554,8 @@ class ZeroStandIn(nn.Module):
     def __init__(self, module: nn.Module, cfg: Config, ds: dict, world: int, accumulation: int) -> None:
         super().__init__()
         zero = ds.get("zero_optimization", {})
-        self.stage, self.world, self.accumulation = int(zero.get("stage", 0)), world, accumulation
-        self.dtype = (torch.bfloat16 if ds.get("bf16", {}).get("enabled") else
-                      torch.float16 if ds.get("fp16", {}).get("enabled") else torch.float32)
-        module.to(self.dtype)  # DeepSpeed casts the whole module, frozen weights included
+        self.zero, self.stage, self.world, self.accumulation = zero, int(zero.get("stage", 0)), world, accumulation
+        self.dtype = ds_dtype(ds)  # the module was cast to it before it became fake (see _trace)
         self.module = module
         self.params = [p for p in module.parameters() if p.requires_grad]
         numel = sum(p.numel() for p in self.params)
@@ -587,11 +588,20 @@ class ZeroStandIn(nn.Module):
         """The wrapped module's forward."""
         return self.module(*args)
 
+    def gathered_working_set(self) -> int:
+        """ZeRO-3: bytes of gathered parameters alive at once: one block's, plus the prefetch bucket."""
+        blocks = getattr(self.module, "blocks", [self.module])
+        block = max(sum(round_block(p.numel() * p.element_size()) for p in b.parameters() if p.numel() > self.persistence)
+                    for b in blocks)
+        prefetch = int(self.zero.get("stage3_prefetch_bucket_size", 5e7)) * torch.finfo(self.dtype).bits // 8
+        live = int(self.zero.get("stage3_max_live_parameters", 1e9)) * torch.finfo(self.dtype).bits // 8
+        return min(block + min(prefetch, block), live)
+
     def _gather(self, module: nn.Module) -> None:
         for p in module.parameters(recurse=False):
             if p.numel() > self.persistence:
                 shard = p.new_empty(math.ceil(p.numel() / self.world)).reshape(-1)
-                dist.all_gather_into_tensor(p.new_empty(shard.numel() * self.world), shard)
+                _all_gather(p.new_empty(shard.numel() * self.world), shard)
 
     def _grad_ready(self, p: nn.Parameter) -> None:
         if self.filled + p.numel() > self.bucket.numel():
@@ -632,11 +642,22 @@ class ZeroStandIn(nn.Module):
         part16 = self.master.to("cuda", self.dtype)
         for start in range(0, self.part, max(self.gather_bucket // self.world, 1)):
             shard = part16[start:start + max(self.gather_bucket // self.world, 1)]
-            dist.all_gather_into_tensor(shard.new_empty(shard.numel() * self.world), shard)
+            _all_gather(shard.new_empty(shard.numel() * self.world), shard)
 
     def get_global_grad_norm(self) -> torch.Tensor | None:
         """The last step's global gradient norm (before clipping)."""
         return self._norm
+
+
+def _all_gather(output: torch.Tensor, shard: torch.Tensor) -> None:
+    """All-gather ``shard`` of every rank into ``output`` (the non-deprecated name where torch has it)."""
+    (getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor)(output, shard)
+
+
+def ds_dtype(ds: dict) -> torch.dtype:
+    """The dtype DeepSpeed casts the whole module to (frozen weights included): bf16, fp16 or fp32."""
+    return (torch.bfloat16 if ds.get("bf16", {}).get("enabled") is True else
+            torch.float16 if ds.get("fp16", {}).get("enabled") is True else torch.float32)
 
 
 class ZeroRunner:
@@ -671,7 +692,7 @@ class ZeroRunner:
 # ---------------------------------------------------------------------------------------------
 TERMS = ("frozen_weights", "trainable_weights", "gradients", "optimizer_state", "activations", "temporaries",
          "gradients_total")
-COUNTS = ("flops", "all_reduce", "reduce_scatter", "all_gather")  # per step, extrapolated like the terms
+COUNTS = ("flops", "all_reduce", "reduce_scatter", "all_gather", "zero3_gathered")  # extrapolated like the terms
 
 
 @dataclasses.dataclass
@@ -698,9 +719,17 @@ class DryRun:
                  f"per rank memory: {ranks}: peak {m.peak / GiB:.2f} GiB "
                  f"(max_memory_allocated {m.allocated / GiB:.2f} GiB)",
                  f"per rank FLOPs per step: {self.flops / 1e12:.3f} TFLOP (forward + backward: matmul, conv, attention)",
-                 f"per rank communication per step: all-reduce {self.all_reduce / MiB:.1f} MiB, "
-                 f"reduce-scatter {self.reduce_scatter / MiB:.1f} MiB, all-gather {self.all_gather / MiB:.1f} MiB"]
+                 f"per rank communication per step: all-reduce {_bytes(self.all_reduce)}, "
+                 f"reduce-scatter {_bytes(self.reduce_scatter)}, all-gather {_bytes(self.all_gather)}"]
         return "\n".join(lines)
+
+
+def _bytes(n: int) -> str:
+    """Bytes in the largest unit that keeps a figure above 1 (B, KiB, MiB, GiB)."""
+    for unit, size in (("GiB", GiB), ("MiB", MiB), ("KiB", 1024)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
 
 
 def _trace(cfg: Config, world: int, ds: dict | None, accumulation: int) -> tuple[dict[str, int], str, str]:
@@ -712,6 +741,8 @@ def _trace(cfg: Config, world: int, ds: dict | None, accumulation: int) -> tuple
     from .fake import ddp_wrap, fake_cuda, fake_world
 
     model = _build_meta(cfg)
+    if ds is not None:
+        model.to(ds_dtype(ds))  # DeepSpeed casts the whole module, frozen weights included
     with fake_world(world) as check, fake_cuda() as mode, check:
         _fakeify_(model, cfg.model.frozen_dtype)
         if ds is not None:
@@ -770,7 +801,8 @@ def _trace(cfg: Config, world: int, ds: dict | None, accumulation: int) -> tuple
             phases[phase] = adjust(terms)
         t = check.traffic
         counts = {"flops": int(flops.get_total_flops()), "all_reduce": t.all_reduce,
-                  "reduce_scatter": t.reduce_scatter, "all_gather": t.all_gather}
+                  "reduce_scatter": t.reduce_scatter, "all_gather": t.all_gather,
+                  "zero3_gathered": engine.gathered_working_set() if ds is not None and engine.stage == 3 else 0}
     return phases, counts, name
 
 
@@ -851,7 +883,7 @@ def dry_run(cfg: Config, world_size: int = 1, ds: dict | None = None,
     seconds = time.perf_counter() - t0
     memory = MemoryEstimate(
         variant=cfg.variant, batch=t.micro_batch, options=options, **{k: values[k] for k in TERMS},
-        modelled=_modelled_terms(cfg, t.micro_batch, sum(values[k] for k in TERMS[:6])),
+        modelled=_modelled_terms(cfg, t.micro_batch, sum(values[k] for k in TERMS[:6]), values["zero3_gathered"]),
         loss="dense_loss (= train.loss.lorat_loss, whose nonzero() fake tensors cannot trace)",
         seconds=seconds, peak_phase=phase + note)
     return DryRun(memory=memory, world_size=world_size, accumulation=accumulation, flops=values["flops"],

@@ -234,14 +234,17 @@ class CollectiveCheck(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         if func.namespace == "c10d":
-            tensors = [t for t in _flat(args[0]) if torch.is_tensor(t)]
+            tensors = [t for a in args[:2] for t in _flat(a) if torch.is_tensor(t)]
             for t in tensors:
                 if t.device.type != "cuda":
                     raise CollectiveOnCPUError(_cpu_message(func, t))
-            name = func._opname.rstrip("_").replace("_tensor_coalesced", "").replace("_base", "").lstrip("_")
+            name = func._opname.strip("_")
             kind = next((v for k, v in _KIND.items() if name.startswith(k)), None)
             if kind is not None:
-                setattr(self.traffic, kind, getattr(self.traffic, kind) + sum(t.nbytes for t in tensors))
+                # The buffer reduced: all-reduce/broadcast its tensors, reduce-scatter its input, all-gather its output.
+                counted = args[1] if kind == "reduce_scatter" else args[0]
+                nbytes = sum(t.nbytes for t in _flat(counted) if torch.is_tensor(t))
+                setattr(self.traffic, kind, getattr(self.traffic, kind) + nbytes)
                 self.traffic.calls += 1
         return func(*args, **(kwargs or {}))
 

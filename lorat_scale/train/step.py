@@ -86,7 +86,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches: list
             loss = res["loss"]
             bad = (~torch.isfinite(loss.detach())).float()
             if deepspeed:  # the engine applies the update inside backward: check this micro-batch first
-                if host_sync and runner.reduce(bad.clone(), "sum").item() > 0:
+                anywhere = runner.reduce(bad.clone(), "sum")
+                if host_sync and anywhere.item() > 0:
                     # A zero-gradient stand-in keeps every rank's engine hooks and counters in step.
                     loss = sum(p.sum() for p in trainable) * 0.0
             runner.backward(loss)
