@@ -161,6 +161,35 @@ def test_bitsandbytes_releases_that_requantize_int8_on_a_move_are_refused():
         check_bitsandbytes(good, "int8")
 
 
+def test_deepspeed_step_logs_the_engines_grad_norm():
+    """Under DeepSpeed the engine clips and steps; its norm is logged even where accelerate returns None."""
+    from lorat_scale.train.step import LocalRunner, train_step
+
+    class Engine(torch.nn.Module):  # what the step uses of a DeepSpeed engine
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 1)
+
+        def forward(self, z, x, mask):
+            s = self.lin(x).squeeze(-1)
+            return {"score_map": s, "boxes": torch.sigmoid(torch.stack([s] * 4, -1)).cumsum(-1) / 4}
+
+        def get_global_grad_norm(self):
+            return torch.tensor(0.75)
+
+    class Runner(LocalRunner):  # older accelerate under DeepSpeed: clip_grad_norm_ returns None
+        def clip_grad_norm_(self, params, max_norm):
+            return None
+
+    engine = Engine()
+    batch = {"z": torch.zeros(2, 1), "x": torch.randn(2, 3, 3, 4), "z_feat_mask": torch.zeros(2, 1),
+             "target_box": torch.tensor([[0.2, 0.2, 0.6, 0.6]] * 2), "positive_map": torch.ones(2, 3, 3, dtype=torch.bool)}
+    opt = torch.optim.SGD(engine.parameters(), lr=0.1)
+    res = train_step(engine, opt, [batch], Runner("cpu"), trainable=list(engine.parameters()), grad_clip=1.0,
+                     deepspeed=True)
+    assert res.row()["grad_norm"] == 0.75
+
+
 def test_fp16_on_cpu_is_a_clear_error(train_module, sources, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("CPU-only check")
@@ -289,6 +318,7 @@ def test_deepspeed_zero2_step_and_resume(sources, tmp_path):
     assert "DeepSpeed" in proc.stdout and "accum 2" in proc.stdout  # ZeRO-2 engine, micro 2 x accum 2
     rows = metrics(run)
     assert sorted(rows) == [1, 2] and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows.values())
+    assert all(r["grad_norm"] > 0 for r in rows.values())  # the engine's own norm
     # timm's schedule drives the DeepSpeed optimizer: warm-up of 4 steps from 1e-7 to 1e-4.
     assert rows[2]["lr"] == pytest.approx(1e-7 + (1e-4 - 1e-7) / 4, rel=1e-9)
     ck = run / "checkpoints" / "step_00000002"
