@@ -604,22 +604,28 @@ class ZeroStandIn(nn.Module):
                 _all_gather(p.new_empty(shard.numel() * self.world), shard)
 
     def _grad_ready(self, p: nn.Parameter) -> None:
-        if self.filled + p.numel() > self.bucket.numel():
-            self._reduce_bucket()
-        n = min(p.numel(), self.bucket.numel())
-        self.bucket[self.filled:self.filled + n].copy_(p.grad.reshape(-1)[:n])
-        self.filled += n
+        flat = p.grad.reshape(-1)
+        if flat.numel() > self.bucket.numel():  # larger than a bucket: reduced on its own
+            self._reduce(flat)
+        else:
+            if self.filled + flat.numel() > self.bucket.numel():
+                self._reduce_bucket()
+            self.bucket[self.filled:self.filled + flat.numel()].copy_(flat)
+            self.filled += flat.numel()
         p.grad = None  # DeepSpeed frees each gradient once it is in the bucket
 
     def _reduce_bucket(self) -> None:
-        if self.filled == 0:
-            return
-        out = math.ceil(self.filled / self.world)
-        shard = self.bucket.new_empty(out)
-        dist.reduce_scatter_tensor(shard, self.bucket[:out * self.world] if out * self.world <= self.bucket.numel()
-                                   else self.bucket.new_empty(out * self.world))
+        if self.filled:
+            self._reduce(self.bucket[:self.filled])
+            self.filled = 0
+
+    def _reduce(self, flat: torch.Tensor) -> None:
+        """Reduce-scatter ``flat`` (padded to a multiple of the world) into this rank's fp32 partition."""
+        out = math.ceil(flat.numel() / self.world)
+        padded = flat if out * self.world == flat.numel() else flat.new_empty(out * self.world)
+        shard = flat.new_empty(out)
+        dist.reduce_scatter_tensor(shard, padded)
         self.grad_partition[:out].add_(shard.to(self.grad_partition.device, torch.float32))
-        self.filled = 0
 
     def backward(self, loss: torch.Tensor) -> None:
         """Backward (loss divided by the accumulation steps, as DeepSpeed does); steps on the last micro-batch."""

@@ -1,7 +1,7 @@
 """One LoRAT training step, computed in one place (pytracking's "actor", plus the update).
 
     micro-batches (host) -> device -> positives normaliser over every rank and micro-batch
-      -> per micro-batch: forward + loss (autocast), backward (gradients accumulate)
+      -> per micro-batch: forward (autocast), loss (fp32), backward (gradients accumulate)
       -> one all-reduce of [loss, bce, giou, non-finite count] -> skip or: clip -> optimizer step
 
 The training loop (``lorat_scale.train.loop``) runs it through accelerate's ``Accelerator``;
@@ -112,7 +112,8 @@ class LocalRunner:
     Why not an ``Accelerator``: the dry run simulates one rank of a world of any size inside one
     process, on fake CUDA tensors, which accelerate cannot represent; the benchmarks use this too so
     that they time exactly what the dry run traces. Mixed precision as accelerate does it: autocast
-    around forward and loss, fp16 with a ``GradScaler`` (``prepare_optimizer``).
+    around the forward (``train_step`` computes the loss in fp32 outside it), fp16 with a
+    ``GradScaler`` (``prepare_optimizer``).
     """
 
     def __init__(self, device: torch.device | str, precision: str = "fp32", accumulation_steps: int = 1) -> None:
