@@ -190,6 +190,22 @@ def test_deepspeed_step_logs_the_engines_grad_norm():
     assert res.row()["grad_norm"] == 0.75
 
 
+def test_one_command_language_for_training(capsys):
+    """lorat-scale train is the loop's own parser; --variant (not --config); train.log_with (not train.tracker)."""
+    from lorat_scale.cli import main
+    from lorat_scale.config import load_config
+
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--help"])
+    assert e.value.code == 0 and "usage: lorat-scale train" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["train", "--config", "L-224"])
+    assert "--config was renamed --variant: use --variant L-224" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="'train.tracker' was renamed 'train.log_with': use train.log_with=wandb"):
+        load_config("S-224", ["train.tracker=wandb"])
+    assert load_config("S-224", ["train.log_with=wandb"]).train.log_with == "wandb"
+
+
 def test_fp16_on_cpu_is_a_clear_error(train_module, sources, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("CPU-only check")

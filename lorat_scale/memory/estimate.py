@@ -51,6 +51,7 @@ import dataclasses
 import math
 import re
 import time
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -624,7 +625,7 @@ class ZeroStandIn(nn.Module):
         out = math.ceil(flat.numel() / self.world)
         padded = flat if out * self.world == flat.numel() else flat.new_empty(out * self.world)
         shard = flat.new_empty(out)
-        dist.reduce_scatter_tensor(shard, padded)
+        (getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor)(shard, padded)
         self.grad_partition[:out].add_(shard.to(self.grad_partition.device, torch.float32))
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -781,7 +782,9 @@ def _trace(cfg: Config, world: int, ds: dict | None, accumulation: int) -> tuple
             snap = next((v for d, v in tracker.get_tracker_snapshot().items() if d.type == "cuda"), {})
             grads[0] = max(grads[0], int(sum(v for k, v in snap.items() if getattr(k, "value", k) == "Gradient")))
 
-        with _cuda_block_rounding():
+        with _cuda_block_rounding(), warnings.catch_warnings():
+            # MemTracker warns about optimizer-state entries that hold no tensor (None): nothing to count.
+            warnings.filterwarnings("ignore", message="Expected a tensor or a traceable wrapper-subclass")
             extra = [engine.bucket, engine.grad_partition] if ds is not None else []
             tracker.track_external(model, getattr(optimizer, "optimizer", optimizer), *extra)
             hooks = [p.register_post_accumulate_grad_hook(count_gradients) for p in trainable] if world == 1 else []
