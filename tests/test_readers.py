@@ -231,6 +231,38 @@ def test_cache_hit_and_invalidation(tmp_path, shared_data):
     assert pkl.stat().st_mtime_ns != stamp
 
 
+class _Planted:
+    """Unpickling this creates ``marker``: what a crafted cache file would do with code."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_annotation_cache_never_unpickles(tmp_path, shared_data, caplog):
+    import io
+    import pickle
+
+    root = got10k_tree(tmp_path, shared_data)
+    cache, marker = tmp_path / "cache", tmp_path / "code_ran"
+    ref = cached_read("got10k", root, "train", cache_dir=cache)
+    (path,) = cache.iterdir()
+    buf = io.BytesIO()
+    np.savez(buf, meta=np.array([_Planted(str(marker))], dtype=object))  # a pickle inside an .npz member
+    for planted in (pickle.dumps((_Planted(str(marker)), [])), buf.getvalue()):
+        path.write_bytes(planted)
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            got = cached_read("got10k", root, "train", cache_dir=cache)
+        assert not marker.exists()
+        assert f"ignoring annotation cache {path}" in caplog.text and "pickle" in caplog.text
+        assert [s.name for s in got] == [s.name for s in ref] and all(
+            np.array_equal(a.boxes, b.boxes) and a.frames == b.frames for a, b in zip(got, ref))
+    assert path.read_bytes()[:2] == b"PK"  # rebuilt as a plain .npz
+
+
 def test_check_data_reports_every_problem(tmp_path, shared_data, capsys):
     from lorat_scale.cli import main
 
