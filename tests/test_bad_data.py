@@ -6,10 +6,8 @@ non-UTF-8 bytes, a truncated or incomplete COCO JSON, an unknown source name.
 """
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
-import os
 import re
 from pathlib import Path
 

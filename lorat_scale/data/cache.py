@@ -132,14 +132,15 @@ def save_cache(f: io.BufferedIOBase, fp: str, seqs: list[Sequence], rep: ReadRep
     for s in seqs:
         if s.frame_bytes:
             raise ValueError(f"{s.key}: sequences with in-memory frames (shards) are not cached")
-        folder = os.path.dirname(s.frames[0]) if s.frames else ""
-        # Frame paths of one folder are stored as the folder and one string of names (compact, fast to load).
-        same = all(os.path.dirname(p) == folder and "\n" not in p for p in s.frames)
+        # Frame paths of one folder are stored as the folder and one string of names: compact, and
+        # fast to load (string concatenation; os.path.join per frame took 3 s per million frames).
+        prefix = s.frames[0].rpartition(os.sep)[0] + os.sep if s.frames else ""
+        names = [p[len(prefix):] for p in s.frames]
+        same = all(p.startswith(prefix) for p in s.frames) and not any(os.sep in n or "\n" in n for n in names)
         m = {"name": s.name, "dataset": s.dataset, "n": len(s), "is_image": s.is_image, "annotation": s.annotation,
              "frame_size": list(s.frame_size) if s.frame_size else None, "weight": s.weight, "offset": s.offset,
              "core": list(s.core) if s.core else None, "frame_sizes": s.frame_sizes is not None, "extra": {},
-             **({"folder": folder, "names": "\n".join(os.path.basename(p) for p in s.frames)} if same
-                else {"frames": list(s.frames)})}
+             **({"prefix": prefix, "names": "\n".join(names)} if same else {"frames": list(s.frames)})}
         arrays["boxes"].append(s.boxes)
         arrays["valid"].append(s.valid)
         if s.frame_sizes is not None:
@@ -176,8 +177,8 @@ def load_cache(path: str | os.PathLike, fp: str | None = None) -> tuple[list[Seq
     at_extra = dict.fromkeys(extras, 0)
     for m in meta["sequences"]:
         n = m["n"]
-        frames = ([os.path.join(m["folder"], name) for name in m["names"].split("\n")] if "names" in m
-                  else m["frames"]) if n else []
+        prefix = m.get("prefix", "")
+        frames = ([prefix + name for name in m["names"].split("\n")] if "names" in m else m["frames"]) if n else []
         s = Sequence(name=m["name"], dataset=m["dataset"], frames=frames, boxes=boxes[at:at + n],
                      valid=valid[at:at + n], frame_size=tuple(m["frame_size"]) if m["frame_size"] else None,
                      is_image=m["is_image"], core=tuple(m["core"]) if m["core"] else None, offset=m["offset"],

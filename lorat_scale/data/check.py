@@ -73,8 +73,10 @@ def check_sequence(seq: Sequence, res: CheckResult, decode: bool = False, report
                             f"{seq.annotation or 'its annotation'})")
     if decode:
         todo = [int(i) for i in np.flatnonzero(exists) if seq.frames[i] not in reported]
-        errors = pool.map(lambda i: _decode_problem(seq, i), todo) if pool else map(lambda i: _decode_problem(seq, i), todo)
-        for e in errors:
+        def problem(i: int) -> BadImageError | None:
+            return _decode_problem(seq, i)
+
+        for e in (pool.map(problem, todo) if pool else map(problem, todo)):
             if e is None:
                 continue
             if e.kind == "size":
@@ -97,7 +99,11 @@ def check_sequence(seq: Sequence, res: CheckResult, decode: bool = False, report
 
 def check_dataset(fmt: str, root: str, split: str | None = None, decode: bool = False, workers: int | None = None,
                   progress: bool = False, **reader_kw: Any) -> CheckResult:
-    """Read ``root`` with reader ``fmt`` (uncleaned, skipping bad data) and check everything; never raises for bad data."""
+    """Read ``root`` with reader ``fmt`` (uncleaned, skipping bad data) and check everything.
+
+    Bad data is reported in the result, never raised; a ValueError/OSError only for a wrong split
+    name or an unreadable root.
+    """
     from tqdm import tqdm
 
     reader = get_reader(fmt)

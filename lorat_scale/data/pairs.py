@@ -237,7 +237,10 @@ def _split_counts(total: int, weights: list[float]) -> np.ndarray:
 
 
 class PairDataset(torch.utils.data.Dataset):
-    """Map-style dataset of training pairs: index -> sample, deterministic in (cfg.seed, epoch, index)."""
+    """Map-style dataset of training pairs: index -> sample, deterministic in (cfg.seed, epoch, index).
+
+    ``patch_size`` is the model's (``ModelConfig.patch_size``): labels and template mask are on its grid.
+    """
 
     def __init__(
         self,

@@ -151,7 +151,8 @@ class ShardPairDataset(torch.utils.data.IterableDataset):
     ``rank``/``world_size``: default torch.distributed, else ``RANK``/``WORLD_SIZE``; ``pairs_per_record``
     (k) and ``open_records``: default ``cfg.stream_pairs_per_record`` / ``cfg.stream_open_records``;
     ``batch_size``: the DataLoader's (``batch_size=None`` loaders: 1); ``lanes``: default
-    ``cfg.num_workers``, a multiple of the loader's workers; ``pairs_per_epoch``: default ``cfg``'s.
+    ``cfg.num_workers``, a multiple of the loader's workers; ``pairs_per_epoch``: default ``cfg``'s;
+    ``patch_size``: the model's (``ModelConfig.patch_size``), the cell size of the template mask and labels.
     """
 
     def __init__(self, sources: Seq["str | os.PathLike | ShardSource"], cfg: DataConfig, template_size: int = 112,

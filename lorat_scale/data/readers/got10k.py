@@ -16,8 +16,8 @@ import numpy as np
 
 from ... import paths
 from ..sequence import Sequence
-from ._common import (AnnotationError, OnError, Problem, ReadReport, check_finite, clean, fit_length, numbered_frames, parse_flags, parse_rows,
-                      read_text, set_frame_size, xywh_rows_to_xyxy)
+from ._common import (AnnotationError, OnError, Problem, ReadReport, check_finite, clean, fit_length, numbered_frames,
+                      parse_flags, parse_rows, read_text, set_frame_size, xywh_rows_to_xyxy)
 
 SUBSETS = {"vot_train": "got10k_vot_train_split.txt", "vot_val": "got10k_vot_val_split.txt"}
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..sequence import Sequence
-from ._common import OnError, ReadReport, clean, list_images, parse_rows, read_text, set_frame_size, xywh_rows_to_xyxy
+from ._common import OnError, ReadReport, clean, list_images, parse_rows, set_frame_size, xywh_rows_to_xyxy
 
 # name -> (first frame number, last frame number) of the annotated range (1-based, inclusive).
 FRAME_RANGES: dict[str, tuple[int, int]] = {
