@@ -7,6 +7,7 @@ non-UTF-8 bytes, a truncated or incomplete COCO JSON, an unknown source name.
 from __future__ import annotations
 
 import io
+import os
 import json
 import re
 from pathlib import Path
@@ -287,3 +288,24 @@ def test_check_data_offers_every_reader(shared_data, capsys):
         cli(["check-data", "--format", "lasott", "--root", str(shared_data)])
     err = capsys.readouterr().err
     assert "invalid choice: 'lasott'" in err and all(f"'{f}'" in err for f in ("lasot", "otb", "vot", "tnl2k"))
+
+
+def test_frame_numbering_rules(tmp_path, shared_data):
+    # Every 5th frame of a video (0005.jpg, 0010.jpg, ...), 0015.jpg missing: the step is found, the gap kept.
+    d = tmp_path / "custom/every5"
+    src = sorted((shared_data / "lasot/airplane/airplane-1/img").glob("*.jpg"))[:6]
+    for k, f in enumerate(src):
+        if k != 2:
+            (d / f"{5 * (k + 1):04d}.jpg").parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(f, d / f"{5 * (k + 1):04d}.jpg")
+    (d / "groundtruth.txt").write_text("".join(f"{10 + k},20,30,40\n" for k in range(6)))
+    rep = ReadReport()
+    (seq,) = read_dataset("custom", tmp_path / "custom", on_error="skip", report=rep, clean=False)
+    assert [Path(f).name for f in seq.frames] == ["0005.jpg", "0010.jpg", "0015.jpg", "0020.jpg", "0025.jpg", "0030.jpg"]
+    assert seq.valid.tolist() == [True, True, False, True, True, True] and seq.boxes[5, 0] == 15
+    assert "in steps of 5" in rep.problems[0] and rep.records[0].path == str(d / "0015.jpg")
+    # A stray file with a far number does not make a million missing frames: the folder is refused, named.
+    os.symlink(src[0], d / "999999.jpg")
+    rep = ReadReport()
+    assert read_dataset("custom", tmp_path / "custom", on_error="skip", report=rep) == []
+    assert rep.records[0].kind == "frame_count" and f"{d}: files numbered 5..999999" in rep.problems[0]

@@ -81,6 +81,8 @@ def check_sequence(seq: Sequence, res: CheckResult, decode: bool = False, report
                 continue
             if e.kind == "size":
                 res.size_mismatch += 1
+            elif e.kind == "missing":  # there a moment ago, or unreadable (permissions)
+                res.missing_frames += 1
             else:
                 res.corrupt_frames += 1
             res.problems.append(str(e))

@@ -212,7 +212,7 @@ def set_frame_size(seq: Sequence, on_error: OnError, report: ReadReport, present
     False (already reported missing) are passed over. Returns False, after reporting, when none of
     the first ``tries`` frames is readable: the caller drops the sequence.
     """
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     tried = 0
     for i in range(len(seq)):
@@ -225,9 +225,9 @@ def set_frame_size(seq: Sequence, on_error: OnError, report: ReadReport, present
             report.add(f"{seq.frames[i]}: missing frame {i + 1} of {seq.key}", on_error, kind="missing_frame",
                        path=seq.frames[i], sequence=seq.key)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # PIL on a bad header
-            report.add(f"{seq.frames[i]}: frame {i + 1} of {seq.key} is not a readable image ({type(e).__name__}: "
-                       f"{e}), expected a JPEG/PNG/BMP/WebP file", on_error, kind="bad_frame", path=seq.frames[i],
-                       sequence=seq.key)
+            why = "no known image format" if isinstance(e, UnidentifiedImageError) else f"{type(e).__name__}: {e}"
+            report.add(f"{seq.frames[i]}: frame {i + 1} of {seq.key} is not a readable image ({why}), expected a "
+                       "JPEG/PNG/BMP/WebP file", on_error, kind="bad_frame", path=seq.frames[i], sequence=seq.key)
         seq.valid[i] = False
         tried += 1
         if tried >= tries:
@@ -260,7 +260,8 @@ def numbered_frames(folder: Path, n_boxes: int, ann_path: Path, key: str, on_err
 
     Returns (frames, present), or None (reported) when the sequence must be dropped. Line k+1 of
     the annotation belongs to the file numbered ``base + k`` (``base``: the format's first frame
-    number; None = the lowest number found). A number missing in between is a missing frame: it
+    number; None = the lowest number found, and numbers may step by a constant: every 5th frame
+    of a video). A number missing in between is a missing frame: it
     keeps its place (a path named like its neighbours, ``present`` False) and is reported, so that
     every later box stays on its own frame. More boxes than frames: with a known ``base`` the
     missing frames are at the end (reported each); otherwise (no base, or names without numbers,
@@ -284,24 +285,34 @@ def numbered_frames(folder: Path, n_boxes: int, ann_path: Path, key: str, on_err
             return None
         return files, np.ones(len(files), dtype=bool)
     first = min(nums) if base is None else min(base, min(nums))
-    n = max(max(nums) - first + 1, n_boxes if base is not None else 0)
+    # Custom frames may be every k-th frame of a video (0005.jpg, 0010.jpg, ...): the step is the
+    # gcd of the gaps. Formats with a known base number every frame.
+    step = int(np.gcd.reduce(np.diff(sorted(nums)))) if base is None and len(nums) > 1 else 1
+    last = max(nums)
+    span = (last - first) // step + 1
+    n = max(span, n_boxes if base is not None else 0)
+    numbering = f"files numbered {first}..{last}" + (f" in steps of {step}" if step > 1 else "")
+    if span - len(files) > len(files):  # more holes than files: not a frame numbering (a stray file?)
+        report.add(f"{folder}: {numbering} but only {len(files)} present, expected one file per frame number; the "
+                   "sequence is not used", on_error, kind="frame_count", path=folder, sequence=key)
+        return None
     if base is None and n_boxes > n:
-        report.add(f"{ann_path}:{n + 1}: {n_boxes} boxes for {n} frames in {folder} (numbered {first}..{max(nums)}), "
-                   "expected at most one box per frame (a first or last frame missing, or extra lines?); the "
-                   "sequence is not used", on_error, kind="frame_count", path=ann_path, line=n + 1, sequence=key)
+        report.add(f"{ann_path}:{n + 1}: {n_boxes} boxes for {n} frames in {folder} ({numbering}), expected at most "
+                   "one box per frame (a first or last frame missing, or extra lines?); the sequence is not used",
+                   on_error, kind="frame_count", path=ann_path, line=n + 1, sequence=key)
         return None
     frames: list[str | None] = [None] * n
     for f, k in zip(files, nums):
-        frames[k - first] = f
+        frames[(k - first) // step] = f
     present = np.array([f is not None for f in frames], dtype=bool)
     if not present.all():
         idx = np.flatnonzero(present)
         for i in np.flatnonzero(~present):
             near = frames[idx[np.searchsorted(idx, i) - 1] if i > idx[0] else idx[0]]
-            frames[i] = _renumber(near, first + int(i))
+            frames[i] = _renumber(near, first + int(i) * step)
             line = f"line {i + 1} of {ann_path} belongs to it" if i < n_boxes else "no annotation line"
-            report.add(f"{frames[i]}: missing frame {i + 1} of {key} (files numbered {first}..{first + n - 1}; {line})",
-                       on_error, kind="missing_frame", path=frames[i], sequence=key)
+            report.add(f"{frames[i]}: missing frame {i + 1} of {key} ({numbering}; {line})", on_error,
+                       kind="missing_frame", path=frames[i], sequence=key)
     return frames, present
 
 

@@ -7,8 +7,9 @@
         *.jpg | *.png | ...         the frames, either directly here or in an ``img/`` subfolder;
                                     line k of groundtruth.txt belongs to the k-th frame counted
                                     from the lowest number in the file names (1.jpg, 000001.jpg,
-                                    frame_0001.png...), so a missing frame is reported and does
-                                    not shift later boxes; names without numbers go in name order
+                                    frame_0001.png...; numbers may step by a constant, e.g. every
+                                    5th frame), so a missing frame is reported and does not shift
+                                    later boxes; names without numbers go in name order
         groundtruth.txt             one box per frame: x,y,w,h, 0-based continuous pixels
                                     (x2 = x + w); values separated by commas, spaces or tabs;
                                     fewer lines than frames = the remaining frames are unannotated;
