@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .decode import decode_image
+
 
 class SequenceError(ValueError):
     """A sequence's annotation is inconsistent; the message names the dataset and sequence."""
@@ -119,8 +121,6 @@ class Sequence:
         (``kind="missing"``), is not a complete, valid image (``kind="corrupt"``), or differs in
         size from what its box was measured on (``kind="size"``): such a frame is never trained on.
         """
-        from .decode import decode_image
-
         try:
             data = self.read_bytes(i)
         except OSError as e:
