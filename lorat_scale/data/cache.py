@@ -177,8 +177,7 @@ def load_cache(path: str | os.PathLike, fp: str | None = None) -> tuple[list[Seq
     at_extra = dict.fromkeys(extras, 0)
     for m in meta["sequences"]:
         n = m["n"]
-        prefix = m.get("prefix", "")
-        frames = ([prefix + name for name in m["names"].split("\n")] if "names" in m else m["frames"]) if n else []
+        frames = ([m["prefix"] + name for name in m["names"].split("\n")] if "names" in m else m["frames"]) if n else []
         s = Sequence(name=m["name"], dataset=m["dataset"], frames=frames, boxes=boxes[at:at + n],
                      valid=valid[at:at + n], frame_size=tuple(m["frame_size"]) if m["frame_size"] else None,
                      is_image=m["is_image"], core=tuple(m["core"]) if m["core"] else None, offset=m["offset"],
