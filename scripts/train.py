@@ -91,7 +91,7 @@ def load_sources(entries: list[str], on_bad_sample: str = "raise", verbose: bool
         seqs = cached_read(fmt, root, split, on_error=on_bad_sample, report=report)
         if report.records and verbose:
             shown = report.records[:10]
-            print(f"warning: data source {entry}: {len(report.records)} problems, their lines or frames left out "
+            print(f"warning: data source {entry}: {len(report.records)} problem(s), the bad lines or frames left out "
                   "(data.on_bad_sample=skip):\n" + "\n".join(f"  {p.message}" for p in shown)
                   + (f"\n  ... {len(report.records) - len(shown)} more: lorat-scale check-data --format {fmt} "
                      f"--root {root} --split {split} lists them all" if len(report.records) > len(shown) else ""),

@@ -210,7 +210,8 @@ def test_training_skips_or_raises_reader_problems(tmp_path, shared_data, monkeyp
         (a, b), = train.load_sources([f"custom={root}"], "skip")
         assert len(a) == 3 and a.frames[0].endswith("seq0/2.jpg") and len(b) == 4  # the bad frame 1 is left out
         err = capsys.readouterr().err
-        assert f"data source custom={root}: 1 problems" in err and f"{first}: frame 1 of custom/seq0" in err
+        assert f"data source custom={root}: 1 problem(s)" in err and f"{first}: frame 1 of custom/seq0" in err
+        assert len(list((tmp_path / "cache").glob("custom-train-*.npz"))) == 1
     from lorat_scale.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"^config key 'data.train_sources': data source 'lasott=/data/LaSOT': "
@@ -301,7 +302,7 @@ def test_frame_numbering_rules(tmp_path, shared_data):
     (d / "groundtruth.txt").write_text("".join(f"{10 + k},20,30,40\n" for k in range(6)))
     rep = ReadReport()
     (seq,) = read_dataset("custom", tmp_path / "custom", on_error="skip", report=rep, clean=False)
-    assert [Path(f).name for f in seq.frames] == ["0005.jpg", "0010.jpg", "0015.jpg", "0020.jpg", "0025.jpg", "0030.jpg"]
+    assert [Path(f).name for f in seq.frames] == [f"{5 * k:04d}.jpg" for k in range(1, 7)]
     assert seq.valid.tolist() == [True, True, False, True, True, True] and seq.boxes[5, 0] == 15
     assert "in steps of 5" in rep.problems[0] and rep.records[0].path == str(d / "0015.jpg")
     # A stray file with a far number does not make a million missing frames: the folder is refused, named.
