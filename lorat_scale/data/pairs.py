@@ -160,7 +160,7 @@ def _make_pair(
     """make_pair's body (run with one torch thread)."""
     tz, tx = template_size, search_size
     errors = []
-    # Data-quality counters, summed per batch by the training collate (scripts/train.py).
+    # Data-quality counters, summed per batch by the training collate (lorat_scale/train/loop.py).
     counters = {"resampled": 0, "bad_frames": 0}
     for attempt in range(MAX_RESAMPLES):
         counters["resampled"] = attempt
