@@ -24,8 +24,12 @@ def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", backbone_s
     # Everything random (a backbone without weights, the trainable init) draws from a fixed seed on
     # the CPU, whatever the target device: every rank, every rerun and every device type builds the
     # identical model.
-    on_meta = torch.device(device).type == "meta"
-    with torch.random.fork_rng(devices=[]):
+    target = torch.device(device)
+    on_meta = target.type == "meta"
+    # The caller's RNG states are restored afterwards: the CPU's and, when building on a GPU, that
+    # GPU's (peft's own inits draw there; the training's per-rank seeds must not be overwritten).
+    gpus = [target.index if target.index is not None else torch.cuda.current_device()] if target.type == "cuda" else []
+    with torch.random.fork_rng(devices=gpus):
         torch.manual_seed(cfg.init_seed)
         with torch.device("meta" if on_meta else "cpu"):
             model = LoRAT(cfg)
