@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -141,29 +142,143 @@ def _add_export_onnx(p: argparse.ArgumentParser) -> None:
 
 
 def _add_evaluate(p: argparse.ArgumentParser) -> None:
-    from .evaluation.runner import add_evaluate_args
+    p.add_argument("--benchmark", required=True, help="lasot, lasot_ext, got10k_val, got10k_test, trackingnet, "
+                   "otb, uav123, nfs, tnl2k, vot or custom")
+    p.add_argument("--root", required=True, help="benchmark folder (only annotation files are needed with --no-run)")
+    p.add_argument("--checkpoint", default="", help="trainable-only checkpoint (ours or official)")
+    p.add_argument("--variant", default=None, help="e.g. B-224 (default: from the checkpoint)")
+    p.add_argument("--backbone", default="", help="frozen DINOv2 weights (default: from the config)")
+    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (plain 'cuda' spreads workers over GPUs)")
+    p.add_argument("--override", action="append", default=[], help="config override key=value (repeatable)")
+    p.add_argument("--results", default="results", help="results folder: <results>/<tracker>/<param>_000/<seq>.txt")
+    p.add_argument("--tracker-name", default="lorat", help="tracker folder of the results (pytracking's name)")
+    p.add_argument("--param", default="", help="run folder prefix (pytracking's parameter name); default: "
+                   "<variant>-<hash of checkpoint, backbone and settings>, so different models never share one")
+    p.add_argument("--repeat", type=int, default=0,
+                   help="runs per sequence, averaged (default: the benchmark's protocol, 3 for LaSOT_ext and GOT-10k test)")
+    p.add_argument("--num-workers", type=int, default=1, help="tracker processes in this process (pool)")
+    p.add_argument("--sequences", default="", help="comma-separated subset of sequence names")
+    _add_scoring(p)
+    p.add_argument("--no-run", action="store_true", help="only score existing result files (needs no frames)")
 
-    add_evaluate_args(p)
+
+def _add_scoring(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--convention", default="", help="otb, lasot, pytracking, stark, got10k or mmtracking; "
+                   "comma-separated for several (default: stark, got10k on GOT-10k). Each reproduces that toolkit")
+    p.add_argument("--length-mismatch", choices=["error", "truncate", "pad"], default="error",
+                   help="result files shorter than the ground truth: list them and stop (error), cut the ground "
+                   "truth to the result (truncate, got10k-toolkit) or count the missing frames as misses (pad, pytracking)")
+
+
+_USER_ERRORS: tuple[type[Exception], ...] = (FileNotFoundError, ValueError)  # ours subclass ValueError
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     """Run a checkpoint over a benchmark (resumable, parallel, repeated), score it, write the report."""
-    from .evaluation.runner import evaluate_main
+    from .evaluation.benchmarks import get_benchmark, load_ground_truth, load_sequences
+    from .evaluation.report import write_report
+    from .evaluation.results import list_runs, read_record, result_file
+    from .evaluation.runner import LoRATFactory, default_param, evaluate_results, run_benchmark, write_submission
 
-    return evaluate_main(args)
+    try:
+        b = get_benchmark(args.benchmark)
+        repeat = args.repeat or b.repeat
+        record = factory = None
+        if not args.no_run and not args.checkpoint:
+            raise ValueError("--checkpoint is needed to run the tracker (or pass --no-run to only score results)")
+        if args.checkpoint:
+            factory = LoRATFactory(args.checkpoint, args.variant, args.backbone, args.device, list(args.override))
+            record = factory.record()
+        param = args.param or (default_param(record) if record else _only_param(args.results, args.tracker_name))
+        if not args.no_run:
+            seqs = load_sequences(b.name, args.root, args.sequences)
+            run_benchmark(factory, seqs, args.results, args.tracker_name, param, repeat=repeat,
+                          num_workers=args.num_workers, record=record)
+        gts = load_ground_truth(b.name, args.root, args.sequences)
+        tdir = Path(args.results) / args.tracker_name
+        if record is not None:
+            for r in list_runs(args.results, args.tracker_name, param):
+                rec = read_record(tdir / r)
+                if rec is not None and rec.key != record.key:
+                    raise ValueError(f"{tdir / r} holds results of {rec.describe()}, not of this checkpoint "
+                                     f"({record.describe()})")
+        missing = [p for r in range(repeat) for g in gts
+                   if not (p := result_file(args.results, args.tracker_name, param, r, g.name)).is_file()]
+        if missing:
+            print(f"{len(missing)} sequence runs have no result yet (other ranks still running?), e.g. {missing[0]}; "
+                  "score later with --no-run")
+            return 0
+        if b.server:
+            z = write_submission(b.name, gts, args.results, args.tracker_name, param)
+            print(f"ground truth is withheld for {b.display}: upload {z} to its evaluation server")
+            return 0
+        summaries = [evaluate_results(gts, args.results, args.tracker_name, param, c, b.name,
+                                      length=args.length_mismatch) for c in _conventions(args.convention, b)]
+    except _USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for s in summaries:
+        print(s)
+    files = write_report(summaries, tdir / f"report_{b.name}_{param}", title=f"{b.display}: {args.tracker_name}/{param}")
+    print("wrote " + ", ".join(str(p) for p in files.values()))
+    return 0
+
+
+def _conventions(arg: str, benchmark) -> list[str]:
+    return [c for c in arg.split(",") if c] or [benchmark.default_convention]
+
+
+def _only_param(results: str, tracker: str) -> str:
+    """The one parameter name with results for ``tracker`` (else an error listing them)."""
+    from .evaluation.results import list_results
+
+    params = [p for t, p in list_results(results) if t == tracker]
+    if len(params) != 1:
+        found = ", ".join(params) or "none"
+        raise ValueError(f"give --param (or --checkpoint): {Path(results) / tracker} holds runs of {found}")
+    return params[0]
 
 
 def _add_report(p: argparse.ArgumentParser) -> None:
-    from .evaluation.report import add_report_args
-
-    add_report_args(p)
+    p.add_argument("--benchmark", required=True, help="benchmark name as for evaluate, e.g. lasot")
+    p.add_argument("--root", required=True, help="benchmark folder (annotation files are enough)")
+    p.add_argument("--results", required=True, help="results folder holding <tracker>/<param>_NNN/<seq>.txt")
+    p.add_argument("--trackers", default="", help="comma-separated <tracker> or <tracker>/<param> (default: all)")
+    _add_scoring(p)
+    p.add_argument("--out", default="", help="report folder (default: <results>/report_<benchmark>)")
+    p.add_argument("--sequences", default="", help="comma-separated subset of sequence names")
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
     """Table (Markdown, CSV) and OPE plots over several trackers' result folders."""
-    from .evaluation.report import report_main
+    from .evaluation.benchmarks import get_benchmark, load_ground_truth
+    from .evaluation.report import markdown_table, write_report
+    from .evaluation.results import list_results
+    from .evaluation.runner import evaluate_results
 
-    return report_main(args)
+    try:
+        b = get_benchmark(args.benchmark)
+        gts = load_ground_truth(b.name, args.root, args.sequences)
+        found = list_results(args.results)
+        pairs = found
+        if args.trackers:
+            wanted = [t for t in args.trackers.split(",") if t]
+            pairs = [(t, p) for t, p in found if t in wanted or f"{t}/{p}" in wanted]
+            missing = [w for w in wanted if not any(w in (t, f"{t}/{p}") for t, p in found)]
+            if missing:
+                raise ValueError(f"no results for {missing} under {args.results} (found {[f'{t}/{p}' for t, p in found]})")
+        if not pairs:
+            raise ValueError(f"no result folders under {args.results} (expected <tracker>/<param>_000/<seq>.txt)")
+        summaries = [evaluate_results(gts, args.results, t, p, c, b.name, length=args.length_mismatch)
+                     for t, p in pairs for c in _conventions(args.convention, b)]
+    except _USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else Path(args.results) / f"report_{b.name}"
+    files = write_report(summaries, out, title=b.display)
+    print(markdown_table(summaries))
+    print("wrote " + ", ".join(str(p) for p in files.values()))
+    return 0
 
 
 # name -> (help, add-arguments function, command function). Add new subcommands here.
