@@ -151,12 +151,9 @@ def compare_decoders(sources: list[list[Sequence]], n: int = 60) -> None:
         "opencv imdecode": lambda b: cv2.imdecode(np.frombuffer(b, np.uint8), cv_flags),
         "decode_image (chosen)": decode_image,
     }
-    try:
-        import simplejpeg
+    import simplejpeg  # a dependency: decode_image's strict JPEG decoder
 
-        decoders["simplejpeg alone"] = lambda b: simplejpeg.decode_jpeg(b, colorspace="RGB")
-    except ImportError:
-        print("  simplejpeg not installed: decode_image falls back to Pillow")
+    decoders["simplejpeg alone"] = lambda b: simplejpeg.decode_jpeg(b, colorspace="RGB")
     ref = [decode_image_pil(b) for b in blobs]
     for name, fn in decoders.items():
         same = sum(np.array_equal(fn(b), r) for b, r in zip(blobs, ref))

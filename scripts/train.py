@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from lorat_scale.config import ConfigError, load_config  # noqa: E402
 from lorat_scale.data.cache import cached_read  # noqa: E402
 from lorat_scale.data.pairs import PairDataset  # noqa: E402
+from lorat_scale.data.readers import DatasetError, ReadReport, parse_source  # noqa: E402
 from lorat_scale.data.stream_pairs import ShardPairDataset, worker_init_fn  # noqa: E402
 from lorat_scale.models import build_model  # noqa: E402
 from lorat_scale.models.weights import load_trainable, save_trainable  # noqa: E402
@@ -74,15 +75,27 @@ def forward_loss(model: torch.nn.Module, batch: dict, num_positives: torch.Tenso
 # ----------------------------------------------------------------------------------------------
 # Data
 # ----------------------------------------------------------------------------------------------
-def load_sources(entries: list[str]) -> list[list]:
-    """``format[:split]=root`` entries -> one list of Sequences per entry (cached annotation reads)."""
+def load_sources(entries: list[str], on_bad_sample: str = "raise", verbose: bool = True) -> list[list]:
+    """``format[:split]=root`` entries -> one list of Sequences per entry (cached annotation reads).
+
+    Bad data the readers find follows ``data.on_bad_sample``: "raise" stops at the first problem
+    (``DatasetError``, one line naming the file), "skip" leaves it out and warns, naming the files.
+    """
     sources = []
     for entry in entries:
-        if "=" not in entry:
-            raise ConfigError(f"data source {entry!r} must look like format[:split]=root, e.g. lasot=/data/LaSOT")
-        fmt, root = entry.split("=", 1)
-        fmt, _, split = fmt.partition(":")
-        seqs = cached_read(fmt, root, split or None)
+        try:
+            fmt, split, root = parse_source(entry)
+        except ValueError as e:
+            raise ConfigError(f"config key 'data.train_sources': {e}") from None
+        report = ReadReport()
+        seqs = cached_read(fmt, root, split, on_error=on_bad_sample, report=report)
+        if report.records and verbose:
+            shown = report.records[:10]
+            print(f"warning: data source {entry}: {len(report.records)} problem(s), the bad lines or frames left out "
+                  "(data.on_bad_sample=skip):\n" + "\n".join(f"  {p.message}" for p in shown)
+                  + (f"\n  ... {len(report.records) - len(shown)} more: lorat-scale check-data --format {fmt} "
+                     f"--root {root} --split {split} lists them all" if len(report.records) > len(shown) else ""),
+                  file=sys.stderr)
         if not seqs:
             raise ConfigError(f"data source {entry!r} holds no usable sequence")
         sources.append(seqs)
@@ -112,8 +125,9 @@ def build_dataset(entries: list[str], dc, mc, micro: int, rank: int, world: int,
         raise ConfigError(f"data sources {entries}: use either shards=... entries or reader entries, not both")
     if shards:
         return ShardPairDataset(shards, dc, mc.template_size, mc.search_size, rank=rank, world_size=world,
-                                batch_size=micro, pairs_per_epoch=pairs_per_epoch)
-    return PairDataset(load_sources(entries), dc, mc.template_size, mc.search_size, pairs_per_epoch=pairs_per_epoch)
+                                batch_size=micro, pairs_per_epoch=pairs_per_epoch, patch_size=mc.patch_size)
+    return PairDataset(load_sources(entries, dc.on_bad_sample, verbose=rank == 0), dc, mc.template_size, mc.search_size,
+                       pairs_per_epoch=pairs_per_epoch, patch_size=mc.patch_size)
 
 
 def epoch_loader(dataset: PairDataset | ShardPairDataset, epoch: int, steps: range, micro: int, accum: int,
@@ -484,4 +498,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (ConfigError, DatasetError) as e:  # bad configuration or data: one line naming the key or file
+        sys.exit(f"error: {e}")

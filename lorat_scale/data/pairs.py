@@ -18,7 +18,6 @@ import torch
 from lorat_scale.boxes import cell_mask
 from lorat_scale.config import DataConfig
 from lorat_scale.data import augment, crop
-from lorat_scale.data.decode import decode_image
 from lorat_scale.data.sequence import Sequence
 
 __all__ = [
@@ -35,7 +34,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FrameLoader = Callable[[Sequence, int], np.ndarray]
-STRIDE = 14  # ViT patch size: template-mask and label cell size
 MAX_RESAMPLES = 100  # pairs re-drawn (bad frame, no valid frame, jitter failure) before giving up
 
 
@@ -44,11 +42,8 @@ class PairSamplingError(RuntimeError):
 
 
 def load_frame(seq: Sequence, i: int) -> np.ndarray:
-    """Default frame loader: ``seq``'s encoded bytes (file or in-memory shard) -> uint8 HWC RGB."""
-    try:
-        return decode_image(seq.read_bytes(i))
-    except OSError as e:
-        raise OSError(f"{seq.key}/{seq.frames[i]}: {e}") from e
+    """Default frame loader: ``Sequence.load_frame`` (strict decode, size checked; ``BadImageError`` names the file)."""
+    return seq.load_frame(i)
 
 
 def sample_frames(seq: Sequence, rng: np.random.Generator, max_gap: int) -> tuple[int, int] | None:
@@ -129,12 +124,26 @@ def make_pair(
     seq_index: int | None = None,
     load_frame: FrameLoader = load_frame,
     augment_images: bool = True,
+    patch_size: int = 14,
 ) -> dict:
-    """One training sample (ARCHITECTURE.md "A training sample") drawn with ``rng`` from ``sequences``."""
+    """One training sample (ARCHITECTURE.md "A training sample") drawn with ``rng`` from ``sequences``.
+
+    ``patch_size`` is the model's (``ModelConfig.patch_size``): the cell size of the template mask
+    and of the label map, which must match the model's token grids.
+    """
     if not sequences:
         raise PairSamplingError("no sequences to sample from")
+    check_grid(template_size, search_size, patch_size)
     with _one_torch_thread():
-        return _make_pair(sequences, cfg, rng, template_size, search_size, seq_index, load_frame, augment_images)
+        return _make_pair(sequences, cfg, rng, template_size, search_size, seq_index, load_frame, augment_images,
+                          patch_size)
+
+
+def check_grid(template_size: int, search_size: int, patch_size: int) -> None:
+    """Crop sides must be whole numbers of patches (else the labels would not match the model's grid)."""
+    for name, size in (("template_size", template_size), ("search_size", search_size)):
+        if patch_size <= 0 or size % patch_size:
+            raise ValueError(f"{name} {size} is not a multiple of patch_size {patch_size}")
 
 
 def _make_pair(
@@ -146,6 +155,7 @@ def _make_pair(
     seq_index: int | None,
     load_frame: FrameLoader,
     augment_images: bool,
+    patch: int,
 ) -> dict:
     """make_pair's body (run with one torch thread)."""
     tz, tx = template_size, search_size
@@ -203,9 +213,9 @@ def _make_pair(
         return {
             "z": z,
             "x": x,
-            "z_feat_mask": torch.from_numpy(cell_mask(z_box_c, STRIDE, (tz // STRIDE, tz // STRIDE))),
+            "z_feat_mask": torch.from_numpy(cell_mask(z_box_c, patch, (tz // patch, tz // patch))),
             "target_box": torch.from_numpy((x_box_c / tx).astype(np.float32)),
-            "positive_map": torch.from_numpy(cell_mask(x_box_c, STRIDE, (tx // STRIDE, tx // STRIDE)).astype(bool)),
+            "positive_map": torch.from_numpy(cell_mask(x_box_c, patch, (tx // patch, tx // patch)).astype(bool)),
             "key": key,
             "counters": counters,
         }
@@ -227,7 +237,10 @@ def _split_counts(total: int, weights: list[float]) -> np.ndarray:
 
 
 class PairDataset(torch.utils.data.Dataset):
-    """Map-style dataset of training pairs: index -> sample, deterministic in (cfg.seed, epoch, index)."""
+    """Map-style dataset of training pairs: index -> sample, deterministic in (cfg.seed, epoch, index).
+
+    ``patch_size`` is the model's (``ModelConfig.patch_size``): labels and template mask are on its grid.
+    """
 
     def __init__(
         self,
@@ -239,6 +252,7 @@ class PairDataset(torch.utils.data.Dataset):
         load_frame: FrameLoader = load_frame,
         augment_images: bool = True,
         pairs_per_epoch: int | None = None,
+        patch_size: int = 14,
     ) -> None:
         sources = [list(s) for s in sources]
         if not sources or any(len(s) == 0 for s in sources):
@@ -247,7 +261,8 @@ class PairDataset(torch.utils.data.Dataset):
         if len(weights) != len(sources) or min(weights) < 0 or sum(weights) <= 0:
             raise ValueError(f"data.weights {weights} must give one non-negative weight per source ({len(sources)})")
         self.sources, self.cfg, self.weights = sources, cfg, weights
-        self.template_size, self.search_size = template_size, search_size
+        check_grid(template_size, search_size, patch_size)
+        self.template_size, self.search_size, self.patch_size = template_size, search_size, patch_size
         self.load_frame, self.augment_images = load_frame, augment_images
         self.length = int(pairs_per_epoch if pairs_per_epoch is not None else cfg.pairs_per_epoch)
         self.set_epoch(epoch)
@@ -289,4 +304,5 @@ class PairDataset(torch.utils.data.Dataset):
             seq_index=s,
             load_frame=self.load_frame,
             augment_images=self.augment_images,
+            patch_size=self.patch_size,
         )
