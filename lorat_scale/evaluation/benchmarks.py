@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..data.readers._common import AnnotationError, ReadReport, parse_flags, parse_rows
+from ..data.readers._common import ReadReport, parse_flags, parse_rows
 
 _SPLIT = re.compile(r"[,\s]+")
 
@@ -97,6 +97,11 @@ def _pick(items: list[GroundTruth], benchmark: str, root: Path, names: str | lis
     return items
 
 
+def _fail(msg: str, path: Path, line: int = 0) -> None:
+    """Raise the readers' ``AnnotationError`` (one line naming the file and line)."""
+    ReadReport().add(msg, "raise", path=path, line=line)
+
+
 def _boxes(path: Path, what: str = "x,y,w,h", allow_empty_rows: bool = False) -> np.ndarray:
     """x,y,w,h rows of an annotation file (raises AnnotationError naming file:line on bad lines)."""
     return parse_rows(path, 4, "raise", ReadReport(), what=what, allow_empty_rows=allow_empty_rows)
@@ -106,7 +111,7 @@ def _flags(path: Path, n: int) -> np.ndarray:
     """0/1 flags of a sequence, one per frame (raises naming the file when the count differs)."""
     flags = parse_flags(path, "raise", ReadReport())
     if len(flags) != n:
-        raise AnnotationError(f"{path}:1: {len(flags)} flags, expected one per frame of the ground truth ({n})")
+        _fail(f"{path}:1: {len(flags)} flags, expected one per frame of the ground truth ({n})", path, 1)
     return flags
 
 
@@ -138,8 +143,8 @@ def _lasot(root: Path, benchmark: str, wanted: list[str]) -> list[GroundTruth]:
             b = _boxes(box_dir / f"{n}.txt")
             absent = parse_rows(root / "absent" / f"{n}.txt", 1, "raise", ReadReport(), what="0/1")[:, 0]
             if len(absent) != len(b):
-                raise AnnotationError(f"{root / 'absent' / (n + '.txt')}:1: {len(absent)} flags, expected "
-                                      f"{len(b)} (one per line of {box_dir / (n + '.txt')})")
+                _fail(f"{root / 'absent' / (n + '.txt')}:1: {len(absent)} flags, expected {len(b)} (one per "
+                      f"line of {box_dir / (n + '.txt')})", root / "absent" / f"{n}.txt", 1)
             out.append(GroundTruth(n, b, str(box_dir / f"{n}.txt"), visible=absent != 1))
         return out
     dirs = [d for d in list_sequences(root) if keep is None or d.name in keep]
@@ -188,7 +193,7 @@ def _got10k_resolution(d: Path) -> tuple[int, int] | None:
                     w, h = (int(float(v)) for v in re.findall(r"[\d.]+", cp[section]["resolution"])[:2])
                     return w, h
         except (configparser.Error, ValueError) as e:
-            raise AnnotationError(f"{meta}: cannot read 'resolution: (W, H)' ({e})") from None
+            _fail(f"{meta}: cannot read 'resolution: (W, H)' ({e})", meta)
     first = d / "00000001.jpg"
     if first.is_file():
         from ..data.readers._common import image_size
