@@ -16,7 +16,6 @@ their servers from a zip of rasterized (integer pixel) boxes.
 """
 from __future__ import annotations
 
-import configparser
 import importlib
 import re
 from dataclasses import dataclass, field
@@ -182,18 +181,16 @@ def _got10k(root: Path, split: str) -> list[GroundTruth]:
 
 
 def _got10k_resolution(d: Path) -> tuple[int, int] | None:
-    """(W, H) from ``meta_info.ini`` (``resolution: (1280, 720)``), else the first frame's header."""
+    """(W, H) from ``meta_info.ini``'s ``resolution: (1280, 720)`` line, else the first frame's header."""
     meta = d / "meta_info.ini"
     if meta.is_file():
-        cp = configparser.ConfigParser()
-        try:
-            cp.read_string(meta.read_text())
-            for section in cp.sections():
-                if "resolution" in cp[section]:
-                    w, h = (int(float(v)) for v in re.findall(r"[\d.]+", cp[section]["resolution"])[:2])
-                    return w, h
-        except (configparser.Error, ValueError) as e:
-            _fail(f"{meta}: cannot read 'resolution: (W, H)' ({e})", meta)
+        text = meta.read_text(errors="replace")
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if line.strip().lower().startswith("resolution"):
+                nums = re.findall(r"\d+", line)
+                if len(nums) != 2:
+                    _fail(f"{meta}:{lineno}: {line.strip()!r}, expected 'resolution: (W, H)'", meta, lineno)
+                return int(nums[0]), int(nums[1])
     first = d / "00000001.jpg"
     if first.is_file():
         from ..data.readers._common import image_size
