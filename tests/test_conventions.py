@@ -26,7 +26,6 @@ exactly these inputs, and their printed numbers are recorded below at full float
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -19,14 +19,8 @@ N = 6  # frames of the cut OTB Crossing (tracked by the tiny golden model)
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these small forwards run 3x faster on a shared, busy 2-core machine."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_torch_thread):
+    """Every test of this module tracks with the tiny model on one thread (see conftest)."""
 
 
 def _otb_tree(tmp_path: Path, shared_data: Path, n: int = N, images: bool = True) -> Path:

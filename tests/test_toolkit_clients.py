@@ -24,14 +24,8 @@ pytest.importorskip("got10k", reason="got10k-toolkit is a test dependency (setup
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these small forwards run 3x faster on a shared, busy 2-core machine."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_torch_thread):
+    """Every test of this module tracks with the tiny model on one thread (see conftest)."""
 
 
 @pytest.fixture(scope="module")

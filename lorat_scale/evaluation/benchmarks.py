@@ -83,8 +83,13 @@ class GroundTruth:
         return len(self.boxes)
 
 
-def _pick(items: list[GroundTruth], benchmark: str, root: Path, names: str | list[str]) -> list[GroundTruth]:
-    wanted = [s for s in (names.split(",") if isinstance(names, str) else names) if s]
+def _names(sequences: str | list[str]) -> list[str]:
+    """Sequence names from ``"a,b"`` or a list (empty = all)."""
+    return [s for s in (sequences.split(",") if isinstance(sequences, str) else sequences) if s]
+
+
+def _pick(items: list, benchmark: str, root: Path, wanted: list[str]) -> list:
+    """The named sequences (``.name``) of ``items`` in the order asked, or all; clear errors otherwise."""
     if wanted:
         by_name = {g.name: g for g in items}
         missing = [w for w in wanted if w not in by_name]
@@ -92,7 +97,7 @@ def _pick(items: list[GroundTruth], benchmark: str, root: Path, names: str | lis
             raise ValueError(f"{benchmark} at {root}: no sequence(s) {missing[:5]} among {len(items)} found")
         items = [by_name[w] for w in wanted]
     if not items:
-        raise ValueError(f"{benchmark} at {root}: no annotated sequences found")
+        raise ValueError(f"{benchmark} at {root}: no sequences found")
     return items
 
 
@@ -308,7 +313,7 @@ def load_ground_truth(benchmark: str, root: str | Path, sequences: str | list[st
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{b.display}: benchmark root {root} is not a folder")
-    wanted = [s for s in (sequences.split(",") if isinstance(sequences, str) else sequences) if s]
+    wanted = _names(sequences)
     items = _lasot(root, b.name, wanted) if b.name in ("lasot", "lasot_ext") else _LOADERS[b.name](root)
     return _pick(items, b.name, root, wanted)
 
@@ -317,14 +322,4 @@ def load_sequences(benchmark: str, root: str | Path, sequences: str | list[str] 
     """Sequences with frames for running a tracker (readers' 0-based boxes, ground truth uncleaned)."""
     b = get_benchmark(benchmark)
     reader = importlib.import_module(f"lorat_scale.data.readers.{b.reader}")
-    seqs = reader.read(root, clean=False, **b.reader_args)
-    wanted = [s for s in (sequences.split(",") if isinstance(sequences, str) else sequences) if s]
-    if wanted:
-        by_name = {s.name: s for s in seqs}
-        missing = [w for w in wanted if w not in by_name]
-        if missing:
-            raise ValueError(f"{b.name} at {root}: no sequence(s) {missing[:5]}")
-        seqs = [by_name[w] for w in wanted]
-    if not seqs:
-        raise ValueError(f"{b.name} at {root}: no sequences found")
-    return seqs
+    return _pick(reader.read(root, clean=False, **b.reader_args), b.name, Path(root), _names(sequences))

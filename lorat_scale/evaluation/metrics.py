@@ -178,7 +178,7 @@ def _repair_previous(bad: np.ndarray) -> np.ndarray:
     """Index map for "a bad frame takes the previous (repaired) box": bad frames point at the
     last good frame before them. Frame 0 is never replaced (the loops start at frame 2 / 1)."""
     bad = bad.copy()
-    bad[0] = False
+    bad[:1] = False
     idx = np.where(bad, 0, np.arange(len(bad)))
     return np.maximum.accumulate(idx)
 
