@@ -136,7 +136,7 @@ def _vot_workspace(tmp_path: Path, shared_data: Path, model: dict, n: int) -> Pa
     (ws / "config.yaml").write_text("stack: stack.yaml\nregistry:\n- ./trackers.ini\n")
     (ws / "trackers.ini").write_text(trackers_ini(str(model["path"]), model["backbone"], variant=model["variant"],
                                                   overrides=model["overrides"], device=model["device"],
-                                                  env={"OMP_NUM_THREADS": "1"}))
+                                                  env={"OMP_NUM_THREADS": "1"}, timeout=300))
     return ws
 
 

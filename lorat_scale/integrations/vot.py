@@ -10,6 +10,7 @@ entry)::
     label = LoRAT
     protocol = traxpython
     command = lorat_scale.integrations.vot
+    timeout = 120
     env_LORAT_CHECKPOINT = /abs/path/model.safetensors
     env_LORAT_BACKBONE = /abs/path/dinov2_vits14_pretrain.pth
     env_LORAT_VARIANT = S-224
@@ -35,13 +36,15 @@ ENV = {"checkpoint": "LORAT_CHECKPOINT", "backbone": "LORAT_BACKBONE", "variant"
 
 def trackers_ini(checkpoint: str, backbone: str = "", name: str = "LoRAT", variant: str = "",
                  overrides: list[str] | tuple[str, ...] = (), device: str = "", python: str = "",
-                 env: dict[str, str] | None = None) -> str:
+                 env: dict[str, str] | None = None, timeout: int = 120) -> str:
     """A ``trackers.ini`` section that runs LoRAT under the VOT toolkit (absolute paths recommended).
 
     ``env`` adds environment variables of the tracker process (e.g. ``OMP_NUM_THREADS``).
+    ``timeout``: seconds the toolkit waits for an answer; its default of 30 s is too short for
+    importing torch and loading a ViT-L/g backbone before the first frame.
     """
     lines = [f"[{name}]", f"label = {name}", "protocol = traxpython", "command = lorat_scale.integrations.vot",
-             f"env_{ENV['checkpoint']} = {checkpoint}"]
+             f"timeout = {timeout}", f"env_{ENV['checkpoint']} = {checkpoint}"]
     for key, value in (("backbone", backbone), ("variant", variant), ("overrides", ";".join(overrides)),
                        ("device", device)):
         if value:
