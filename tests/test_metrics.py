@@ -207,13 +207,3 @@ def test_repeated_runs_are_averaged_per_sequence():
         two = summarize(conv, [[score_sequence(conv, shifted, gt)]]).scores["AUC"]
         both = summarize(conv, [[score_sequence(conv, gt, gt), score_sequence(conv, shifted, gt)]]).scores["AUC"]
         assert both == pytest.approx((one + two) / 2, abs=1e-4), conv
-
-
-def test_lasot_official_annotations_parse(shared_data):
-    from lorat_scale.evaluation.benchmarks import load_ground_truth
-
-    gts = load_ground_truth("lasot", shared_data / "annotations" / "lasot_test")
-    assert len(gts) == 280
-    assert sum(len(g) for g in gts) == 685_360
-    assert all(len(g.visible) == len(g) for g in gts)
-    assert gts[0].name == "airplane-1" and gts[0].boxes[0].tolist() == [367, 101, 41, 16]

@@ -128,11 +128,11 @@ def _vot_workspace(tmp_path: Path, shared_data: Path, model: dict, n: int) -> Pa
         (seqs / name / "sequence").write_text("channels.color=color/%08d.jpg\nfps=30\nformat=default\n")
     (seqs / "list.txt").write_text("bag\nball1\n")
     # VOT2016's baseline experiment (supervised: re-initialised 5 frames after a failure) on two short
-    # sequences; EAO over sequence lengths 10..40 (VOT2016 used 108..371 on its 60 full sequences).
+    # sequences; EAO over sequence lengths 5..15 (VOT2016 used 108..371 on its 60 full sequences).
     (ws / "stack.yaml").write_text("title: VOT2016 baseline on bag and ball1 (short)\nexperiments:\n"
                                    "  baseline:\n    type: supervised\n    repetitions: 1\n    skip_initialize: 5\n"
                                    "    analyses:\n      - type: supervised_average_ar\n        sensitivity: 30\n"
-                                   "      - type: supervised_eao_score\n        low: 10\n        high: 40\n")
+                                   "      - type: supervised_eao_score\n        low: 5\n        high: 15\n")
     (ws / "config.yaml").write_text("stack: stack.yaml\nregistry:\n- ./trackers.ini\n")
     (ws / "trackers.ini").write_text(trackers_ini(str(model["path"]), model["backbone"], variant=model["variant"],
                                                   overrides=model["overrides"], device=model["device"],
@@ -146,7 +146,7 @@ def test_vot_toolkit_runs_lorat_over_trax(tmp_path, shared_data, model, capsys):
     from vot.region import Special
     from vot.region.io import read_trajectory
 
-    n = 30
+    n = 20
     ws = _vot_workspace(tmp_path, shared_data, model, n)
     for cmd, done in ((["evaluate", "--workspace", str(ws), "LoRAT"], "Evaluation concluded"),
                       (["analysis", "--workspace", str(ws), "LoRAT", "--format", "json"], "Analysis successful")):
