@@ -176,6 +176,9 @@ def _got10k(root: Path, split: str) -> list[GroundTruth]:
         cover = visible = None
         if (d / "cover.label").is_file():
             cover = parse_rows(d / "cover.label", 1, "raise", ReadReport(), what="cover level 0..8")[:, 0]
+            if len(cover) != len(b) and split != "test":
+                _fail(f"{d / 'cover.label'}:1: {len(cover)} levels, expected one per line of {gt} ({len(b)})",
+                      d / "cover.label", 1)
             visible = cover > 0
         if (d / "absence.label").is_file():
             absent = _flags(d / "absence.label", len(b)) if split != "test" else None
