@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -40,6 +41,9 @@ class Sequence:
     offset: int = 0  # index of frames[0] in the full source sequence (after trimming)
     annotation: str = field(default="", repr=False, compare=False)  # source annotation file (for messages)
     weight: float = 1.0  # share of the source sequence's valid frames in ``core`` (1 = whole sequence)
+    # Indexed shards (shards.ShardStore): frames are read by byte range through this store; the per-frame
+    # locations live in ``extra`` (shard, offset, nbytes, crc32). None for files and in-memory frames.
+    store: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 4)
@@ -103,6 +107,8 @@ class Sequence:
 
     def read_bytes(self, i: int) -> bytes:
         """Encoded bytes of frame ``i`` (from memory for shard sequences, else from disk)."""
+        if self.store is not None:
+            return self.store.read_frame(self, i)
         f = self.frames[i]
         if self.frame_bytes:
             return self.frame_bytes[f]
