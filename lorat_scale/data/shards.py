@@ -547,8 +547,10 @@ def make_shards(seqs: list[Sequence], out: str | os.PathLike, source: dict[str, 
             raise ValueError(f"{mpath}: was written for a different source or settings (plan hash differs); "
                              "use a new --out folder or --overwrite")
     manifest = old or {
-        "format_version": FORMAT_VERSION, "source": source, "layout": {"core": core, "margin": margin,
-                                                                         "readers": n_readers},
+        "format_version": FORMAT_VERSION, "source": source,
+        "layout": {"core": core, "margin": margin, "readers": n_readers,
+                   # sequences cut into several records: only these need margins when streamed
+                   "split_sequences": sum(1 for s in seqs if not s.is_image and len(s) > core + 2 * margin)},
         "seed": seed, "plan_hash": plan_hash, "num_shards": len(groups),
         "shards": [{"name": f"shard-{i:06d}.tar", "done": False} for i in range(len(groups))],
     }

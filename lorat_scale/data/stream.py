@@ -159,8 +159,11 @@ class ShardStream(torch.utils.data.IterableDataset):
     def _decode(self, src: Iterator[dict]) -> Iterator[Sequence]:
         """Records -> Sequences; bad records counted and logged (with shard and key) or raised."""
         for sample in src:
+            problems: list[str] = []
             try:
-                seqs = decode_record(sample, check_images=self.cfg.check_images)
+                # A bad frame costs that frame (marked invalid, counted), not the record.
+                seqs = decode_record(sample, check_images=self.cfg.check_images,
+                                     problems=None if self.cfg.on_bad_sample == "raise" else problems)
             except BadSampleError as e:
                 if self.cfg.on_bad_sample == "raise":
                     raise
@@ -169,6 +172,9 @@ class ShardStream(torch.utils.data.IterableDataset):
                     self.stats.add(f"bad_{e.kind}")
                 log.warning("skipped bad record: %s", e)
                 continue
+            for p in problems:
+                self.stats.add("bad_image")
+                log.warning("skipped bad frame: %s", p)
             self.stats.add("records")
             yield from seqs
 
@@ -188,7 +194,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         rank, world, worker, nw = self._info()
         if len(self.urls) < world * nw:
             raise ValueError(f"{len(self.urls)} shards for {world} ranks x {nw} workers: every worker needs at "
-                             "least one shard (write more shards: make_shards.py --min-shards)")
+                             "least one shard (write more shards: make-shards --readers)")
         order = epoch_shards(list(range(len(self.urls))), self.cfg.seed, self.epoch, self.shuffle)
         urls = [self.urls[i] for i in order]
         _, share = quotas([self.counts[i] for i in order], world, nw)
