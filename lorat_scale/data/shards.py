@@ -119,8 +119,8 @@ def _read_frame_file(path: str) -> bytes:
 def encode_window(seq: Sequence, w: Window, k: int) -> tuple[dict[str, Any], list[str]]:
     """The record of window ``w`` (number ``k``) of ``seq``; returns (record, missing frame files).
 
-    Frames that cannot be read are marked invalid in the record and reported: one bad file costs
-    that frame only, never the sequence.
+    Frames that cannot be read, or whose bytes are not a whole image (header, end marker), are marked
+    invalid in the record and reported: one bad file costs that frame only, never the sequence.
     """
     key = safe_key(f"{seq.dataset}-{seq.name}-w{k:04d}")
     valid = seq.valid[w.lo:w.hi].copy()
@@ -129,8 +129,10 @@ def encode_window(seq: Sequence, w: Window, k: int) -> tuple[dict[str, Any], lis
     for i in np.flatnonzero(valid):
         src = seq.frames[w.lo + i]
         try:
-            rec[f"{i:06d}.{_ext(src)}"] = _read_frame_file(src)
-        except OSError:
+            data = _read_frame_file(src)
+            _check_image_bytes(data, src)  # header and end marker: garbage or truncated files are not stored
+            rec[f"{i:06d}.{_ext(src)}"] = data
+        except (OSError, BadSampleError):
             missing.append(src)
             valid[i] = False
     sizes = None
@@ -156,7 +158,8 @@ def encode_image(objs: list[Sequence]) -> tuple[dict[str, Any], list[str]]:
     key = safe_key(f"{first.dataset}-{Path(src).stem}")
     try:
         data = _read_frame_file(src)
-    except OSError:
+        _check_image_bytes(data, src)
+    except (OSError, BadSampleError):
         return {}, [src]
     meta = {"format_version": FORMAT_VERSION, "dataset": first.dataset, "is_image": True,
             "frame_size": list(first.frame_size) if first.frame_size else None, "file": f"000000.{_ext(src)}",
