@@ -114,7 +114,12 @@ def _cmd_make_shards(args: argparse.Namespace) -> int:
         return 2
     report = ReadReport()
     t0 = time.perf_counter()
-    seqs = READERS[args.format](args.root, split, on_error=args.on_error, report=report, **kw)
+    try:
+        seqs = READERS[args.format](args.root, split, on_error=args.on_error, report=report, **kw)
+    except (ValueError, OSError) as e:  # the readers name the file (and line); no traceback for bad data
+        print(f"error: {e}" + ("" if args.on_error == "skip" else " (--on-error skip leaves such sequences out)"),
+              file=sys.stderr)
+        return 1
     for msg in report.problems:
         print("problem:", msg, file=sys.stderr)
     empty = [s.key for s in seqs if len(s) == 0]

@@ -20,7 +20,7 @@ from lorat_scale.boxes import cell_mask
 from lorat_scale.config import DataConfig
 from lorat_scale.data import augment, crop
 from lorat_scale.data.decode import decode_image, decode_image_reduced, image_size
-from lorat_scale.data.sequence import Sequence
+from lorat_scale.data.sequence import BadImageError, Sequence
 
 __all__ = [
     "FrameLoader",
@@ -54,6 +54,8 @@ def read_bytes(seq: Sequence, i: int) -> bytes:
     """``seq``'s encoded frame ``i`` (file, in-memory record or shard range), counted in ``IO_COUNTS``."""
     try:
         data = seq.read_bytes(i)
+    except BadImageError:
+        raise  # names its shard, byte range, sequence and frame already
     except OSError as e:
         raise OSError(f"{seq.key}/{seq.frames[i]}: {e}") from e
     IO_COUNTS["bytes"] += len(data)
@@ -366,7 +368,9 @@ class PairDataset(torch.utils.data.Dataset):
         ``start`` (samples this rank already consumed) is accepted for the common dataset interface: here
         every index is drawn independently, so the loader simply starts at the right batch.
         """
-        self.epoch = int(epoch)
+        if getattr(self, "_plan_epoch", None) == int(epoch):
+            return  # the plan is a function of (seed, epoch): already built
+        self.epoch = self._plan_epoch = int(epoch)
         # spawn_key keeps this stream apart from the per-sample default_rng([seed, epoch, index]).
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.cfg.seed, self.epoch], spawn_key=(1,))))
         counts = split_counts(self.length, self.weights)
