@@ -265,6 +265,8 @@ def _make_pair(
         else:
             z, x = augment.normalize(z), augment.normalize(x)
         x_box_c = np.clip(x_box_c, 0.0, tx)  # boxes are clipped to the crop after augmentation
+        if cfg.reduced_decode:
+            counters["reduced_frames"] = int(fx < 1.0) + int(t != s and fz < 1.0)
         counters["bytes_read"] = IO_COUNTS["bytes"] - io0["bytes"]
         counters["frames_read"] = IO_COUNTS["frames"] - io0["frames"]
         return {
