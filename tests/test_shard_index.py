@@ -382,3 +382,16 @@ def test_collate_counts_once(raw_and_shards):
     assert b["template_frame"].tolist() == [s["template_frame"] for s in samples]
     assert IO_COUNTS["frames"] > 0
     _ = json
+
+
+def test_stream_dead_server_is_a_storage_error_not_bad_data(tmp_path, shared_data):
+    """The streaming fallback over `pipe:curl` from a server that is gone: a clear StorageError, not 'all bad'."""
+    from lorat_scale.data.stream import ShardStream
+
+    out = build_shards(tmp_path, shared_data, n_seqs=2, n=3, min_shards=2)
+    srv = RangeServer(out)  # bound, then closed: nothing listens on this port any more
+    srv.httpd.server_close()
+    counts = [s["items"] for s in read_manifest(out)["shards"]]
+    urls = [f"pipe:curl -s -f {srv.url}/{s['name']}" for s in read_manifest(out)["shards"]]
+    with pytest.raises(StorageError, match=r"curl -s -f http://127\.0\.0\.1:\d+/shard-00000\d\.tar.*exit.*not counted"):
+        list(ShardStream(urls, counts, shuffle=False, worker_info=(0, 1, 0, 1)))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import random
+import re
 from itertools import islice
 from typing import Any, Iterator
 
@@ -32,6 +33,7 @@ import webdataset as wds
 from ..config import DataConfig
 from .sequence import Sequence
 from .shards import BadSampleError, decode_record, read_manifest, shard_urls
+from .storage import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +145,12 @@ class ShardStream(torch.utils.data.IterableDataset):
 
     def _handler(self, exn: Exception) -> bool:
         """webdataset error handler for tar-level errors (unreadable URL, truncated tar)."""
+        text = " ".join(str(a) for a in exn.args)
+        # A transport failure (a `pipe:` command such as curl exiting non-zero, a refused connection) is not a
+        # damaged shard: it stops the run with the URL and the cause instead of being skipped as bad data.
+        if isinstance(exn, (ConnectionError, TimeoutError)) or re.search(r"\bexit (status )?[1-9]", text):
+            raise StorageError(f"reading shard stream failed: {text} (storage unreachable or the command failed; "
+                               "not counted as bad data)") from exn
         if self.cfg.on_bad_sample == "raise":
             raise exn
         # webdataset reports one broken tar twice (member iterator, then file expander; the first
