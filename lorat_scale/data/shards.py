@@ -455,8 +455,9 @@ def write_shard(path: str, items: list[Item]) -> dict[str, Any]:
     rows: list[tuple[int, int, str, int]] = []  # (sequence position, frame, member name, crc32) of core frames
     # TarWriter (not ShardWriter): shard contents are planned up front so that a resumed run
     # rewrites exactly the unfinished shards; ShardWriter only rolls over sequentially.
-    with open(tmp, "wb") as f:
-        writer = wds.TarWriter(f, encoder=False, mtime=0.0)  # mtime 0: byte-identical reruns
+    with open(tmp, "wb") as raw:
+        hw = _HashingWriter(raw)
+        writer = wds.TarWriter(hw, encoder=False, mtime=0.0)  # mtime 0: byte-identical reruns
         for kind, x, pos in items:
             rec, miss = encode_image(x) if kind == "img" else encode_window(*x)
             missing += miss
@@ -489,10 +490,31 @@ def write_shard(path: str, items: list[Item]) -> dict[str, Any]:
     with open(side_path + ".partial", "wb") as f:
         np.savez(f, **side)
     os.replace(side_path + ".partial", side_path)
+    # Verify the write: the file read back must hash as the bytes handed to it (a disk or NFS fault would not).
+    sha = file_sha256(tmp)
+    if sha != hw.sha.hexdigest():
+        raise OSError(f"{tmp}: the bytes read back differ from those written (disk or file system fault); rerun")
     os.replace(tmp, path)
     return {"records": records, "items": items_out, "frames": frames, "sequences": len(names),
-            "bytes": os.path.getsize(path), "sha256": file_sha256(path), "missing_frames": missing[:20],
+            "bytes": os.path.getsize(path), "sha256": sha, "missing_frames": missing[:20],
             "num_missing": len(missing)}
+
+
+class _HashingWriter:
+    """A write-only file wrapper that hashes what passes through (to verify the shard once it is on disk)."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.sha = f, hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+    def close(self) -> None:  # the ``with`` block closes the real file
+        self.f.flush()
 
 
 def _usable(seqs: list[Sequence]) -> tuple[list[Sequence], list[str]]:
