@@ -335,6 +335,19 @@ def worker_init_fn(worker_id: int) -> None:  # noqa: ARG001 - DataLoader's signa
     torch.set_num_threads(1)
 
 
+def fork_safe_opencv() -> None:
+    """Call in the parent before starting loader workers: OpenCV's thread pool does not survive ``fork``.
+
+    A forked worker that touches the pool it inherited (``cv2.setNumThreads``, or a parallel cv2 call) waits
+    forever on the parent's condition variable (seen: ``pthread_cond_destroy`` in a worker after a parent ran
+    GaussianBlur). With one OpenCV thread in the parent there is no pool to inherit; the parent does no image
+    work while workers load.
+    """
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
 class PairDataset(torch.utils.data.Dataset):
     """Map-style dataset of training pairs: index -> sample, deterministic in (cfg.seed, epoch, index)."""
 
@@ -424,6 +437,8 @@ class PairDataset(torch.utils.data.Dataset):
         self.set_epoch(epoch, steps.start * global_batch // self.world_size)
         batches = [mb for k in steps for mb in micro_batch_indices(k, global_batch, micro_batch, self.world_size,
                                                                      self.rank)]
+        if num_workers > 0:
+            fork_safe_opencv()
         # Own generator: creating a loader must not consume the global torch RNG (bit-exact resume).
         return torch.utils.data.DataLoader(self, batch_sampler=batches, num_workers=num_workers, collate_fn=collate,
                                            pin_memory=torch.cuda.is_available(), worker_init_fn=worker_init_fn,

@@ -119,12 +119,24 @@ class RangeReader:
 
     def read(self, location: str, offset: int, size: int) -> bytes:
         """Bytes ``[offset, offset + size)`` of ``location``; ``StorageError`` once the retries are spent."""
-        self._own()
         fetch = self._http if is_url(location) else self._local
+        return self._retrying(f"{location}: bytes {offset}-{offset + size - 1}", lambda: fetch(location, offset, size))
+
+    def read_all(self, location: str) -> bytes:
+        """A whole (small) file or object: manifests and indexes. FileNotFoundError if it is not there."""
+        if not is_url(location):
+            path = urlparse(location).path if location.startswith("file://") else location
+            with open(path, "rb") as f:
+                return f.read()
+        return self._retrying(location, lambda: self._http_get(location))
+
+    def _retrying(self, what: str, fetch: Any) -> bytes:
+        """``fetch()`` with retries and backoff on ``_Retry``; counted in READ_STATS."""
+        self._own()
         t0 = time.monotonic()
         for attempt in range(self.policy.retries + 1):
             try:
-                data = fetch(location, offset, size)
+                data = fetch()
                 READ_STATS["requests"] += 1
                 READ_STATS["bytes"] += len(data)
                 return data
@@ -133,39 +145,7 @@ class RangeReader:
             if attempt < self.policy.retries:
                 READ_STATS["retries"] += 1
                 time.sleep(self.policy.wait(attempt + 1))
-        raise StorageError(f"{location}: bytes {offset}-{offset + size - 1}: gave up after {self.policy.retries + 1} "
-                           f"attempts in {time.monotonic() - t0:.1f} s: {cause}")
-
-    def read_all(self, location: str) -> bytes:
-        """A whole (small) file or object: manifests and indexes. FileNotFoundError if it is not there."""
-        self._own()
-        if not is_url(location):
-            path = urlparse(location).path if location.startswith("file://") else location
-            with open(path, "rb") as f:
-                return f.read()
-        import urllib3
-
-        t0 = time.monotonic()
-        for attempt in range(self.policy.retries + 1):
-            try:
-                r = self._http_pool().request("GET", location, preload_content=True)
-                if r.status == 404:
-                    raise FileNotFoundError(f"{location}: HTTP 404 Not Found")
-                if r.status in RETRY_STATUS:
-                    raise _Retry(f"HTTP {r.status} {r.reason}")
-                if r.status != 200:
-                    raise StorageError(f"{location}: HTTP {r.status} {r.reason}")
-                READ_STATS["requests"] += 1
-                READ_STATS["bytes"] += len(r.data)
-                return r.data
-            except urllib3.exceptions.HTTPError as e:
-                cause = _cause(e)
-            except _Retry as e:
-                cause = str(e)
-            if attempt < self.policy.retries:
-                READ_STATS["retries"] += 1
-                time.sleep(self.policy.wait(attempt + 1))
-        raise StorageError(f"{location}: gave up after {self.policy.retries + 1} attempts in "
+        raise StorageError(f"{what}: gave up after {self.policy.retries + 1} attempts in "
                            f"{time.monotonic() - t0:.1f} s: {cause}")
 
     def _http_pool(self) -> Any:
@@ -207,16 +187,28 @@ class RangeReader:
         return data
 
     # ---------------------------------------------------------------------------- http(s)
-    def _http(self, url: str, offset: int, size: int) -> bytes:
+    def _request(self, url: str, headers: dict[str, str]) -> Any:
+        """One GET; transport failures become ``_Retry`` with a readable cause."""
         import urllib3
 
         try:
-            r = self._http_pool().request("GET", url, headers={"Range": f"bytes={offset}-{offset + size - 1}"},
-                                   preload_content=True)
+            r = self._http_pool().request("GET", url, headers=headers, preload_content=True)
         except urllib3.exceptions.HTTPError as e:
             raise _Retry(_cause(e)) from None
         if r.status in RETRY_STATUS:
             raise _Retry(f"HTTP {r.status} {r.reason}")
+        return r
+
+    def _http_get(self, url: str) -> bytes:
+        r = self._request(url, {})
+        if r.status == 404:
+            raise FileNotFoundError(f"{url}: HTTP 404 Not Found")
+        if r.status != 200:
+            raise StorageError(f"{url}: HTTP {r.status} {r.reason}")
+        return r.data
+
+    def _http(self, url: str, offset: int, size: int) -> bytes:
+        r = self._request(url, {"Range": f"bytes={offset}-{offset + size - 1}"})
         if r.status == 200:
             raise StorageError(f"{url}: the server ignored the Range header (HTTP 200, {len(r.data)} bytes): it would "
                                "send whole shards for every frame; serve the shards with range support "

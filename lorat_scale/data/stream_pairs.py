@@ -81,7 +81,8 @@ import numpy as np
 import torch
 
 from ..config import DataConfig
-from .pairs import PairSamplingError, collate, make_pair, rank_and_world, split_counts, worker_init_fn
+from .pairs import (PairSamplingError, collate, fork_safe_opencv, make_pair, rank_and_world, split_counts,
+                    worker_init_fn)
 from .sequence import Sequence
 from .shards import ShardLayoutError, read_manifest, shard_urls
 from .stream import ShardStream, StreamStats
@@ -246,6 +247,8 @@ class ShardPairDataset(torch.utils.data.IterableDataset):
             raise ValueError(f"micro_batch={micro_batch} but the stream was built for batch_size={self.batch_size}")
         # The stream yields this rank's samples in order from a position (= samples already consumed).
         self.set_epoch(epoch, steps.start * global_batch // self.world_size)
+        if num_workers > 0:
+            fork_safe_opencv()
         return torch.utils.data.DataLoader(self, batch_size=micro_batch, num_workers=num_workers, collate_fn=collate,
                                            pin_memory=torch.cuda.is_available(), worker_init_fn=worker_init_fn,
                                            generator=torch.Generator().manual_seed(seed))
