@@ -16,8 +16,10 @@ through HTTP range requests from a server on 127.0.0.1 (a separate process: its 
 from storage per pair vs. the bytes of the distinct frames the pair decodes; a real DataLoader with
 ``--workers`` processes (wall time) against the demand of a B-224 training step on an H100.
 
-The official LoRAT pipeline is not run here (its baseline, 68 pairs/s/core, is the issue's figure, measured
-on another machine). The last line is ``pairs/s/core 224 train-path: N`` (shards by range, sample frames).
+``--official DIR`` (a checkout of LitingLin/LoRAT with its requirements: PyTurboJPEG + libturbojpeg, tabulate,
+exifread) also times the official training-pair transform (trackit, run.yaml's options) on the very pairs our
+sampler draws, in the same run: the side-by-side ratio. The last line is ``pairs/s/core 224 train-path: N``
+(shards by range, sample frames).
 """
 from __future__ import annotations
 
@@ -183,6 +185,74 @@ def serve(folder: str, url_file: str) -> None:
     httpd.serve_forever()
 
 
+def official_transform(lorat_dir: Path, res: int):
+    """The official LoRAT training-pair transform (trackit), built from a checkout of LitingLin/LoRAT with the
+    transform options of its ``config/LoRAT/run.yaml`` (called, not copied; needs its requirements)."""
+    sys.path.insert(0, str(lorat_dir))
+    from trackit.data.methods.siamese_tracker_train.transform.default.builder import \
+        build_siamese_tracker_training_data_processing_components
+    from trackit.data.methods.siamese_tracker_train.transform.default.plugin.builder import \
+        PluginRegistrationHelper
+
+    tz, tx, factor = {224: (112, 224, 4.0), 378: (196, 378, 5.0)}[res]
+    transform = {
+        "type": "default",
+        "SiamFC_cropping": {"template": {"area_factor": 2.0},
+                            "search_region": {"area_factor": factor, "scale_jitter": 0.25, "translation_jitter": 3,
+                                              "min_object_size": 10}},
+        "augmentation": [
+            {"type": "horizontal_flip", "target": ["template", "search_region"], "probability": 0.5, "joint": False},
+            {"type": "color_jitter", "target": ["template", "search_region"], "brightness": 0.4, "contrast": 0.4,
+             "saturation": 0.4, "joint": False},
+            {"type": "DeiT_3_aug", "target": ["template", "search_region"], "joint": True}],
+        "plugin": [{"type": "box_with_score_map_label_generation"},
+                   {"type": "template_foreground_indicating_mask_generation"}]}
+    common = {"template_size": (tz, tz), "search_region_size": (tx, tx), "template_feat_size": (tz // 14, tz // 14),
+              "response_map_size": (tx // 14, tx // 14), "interpolation_mode": "bilinear",
+              "interpolation_align_corners": False, "normalization": "imagenet"}
+    for lst in (PluginRegistrationHelper.extra_transforms, PluginRegistrationHelper.extra_data_collators,
+                PluginRegistrationHelper.extra_data_pipelines_on_main_process):
+        lst.clear()  # trackit keeps registered plugins in class-level lists: one build per process otherwise
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints the whole transform config
+        proc, *_ = build_siamese_tracker_training_data_processing_components(transform, {"common": common}, None,
+                                                                              torch.float32)
+    return proc
+
+
+def time_official(lorat_dir: Path, entries: list[str], res: int, pairs: int, repeats: int) -> float:
+    """pairs/s/core of the official transform on the pairs our sampler draws (same frames, same boxes); frames
+    read and decoded by trackit (file read + TurboJPEG), a failed search crop re-drawn as its sampler does."""
+    from trackit.data.methods.siamese_tracker_train._types import SiameseTrainingPair, SOTFrameInfo
+    from trackit.miscellanies.image.io import read_image_with_auto_retry
+
+    proc = official_transform(lorat_dir, res)
+    cfg = load_config(f"S-{res}", [f"data.pairs_per_epoch={pairs}"])
+    ds = build_dataset(entries, cfg.data, cfg.model, MICRO, 0, 1, pairs)
+    plan = []
+    for b in ds.epoch_loader(0, range(pairs // MICRO), MICRO, MICRO, 0):
+        for d, key, t, s in zip(b["source"].tolist(), b["sequence"], b["template_frame"].tolist(),
+                                b["search_frame"].tolist()):
+            seq = next(q for q in ds.sources[d] if q.key == key)
+            plan.append((seq, t - seq.offset, s - seq.offset))
+
+    def frame(seq, i):
+        return SOTFrameInfo(image=lambda p=seq.frames[i]: read_image_with_auto_retry(p), object_bbox=seq.boxes[i],
+                            object_exists=True, dataset=None, sequence=None, track=None, frame=None)
+
+    best = float("inf")
+    for r in range(repeats):
+        rng = np.random.default_rng(r)
+        t0 = time.process_time()
+        for seq, t, s in plan:
+            while proc(SiameseTrainingPair(True, frame(seq, t), frame(seq, s)), rng) is None:
+                pass
+        best = min(best, time.process_time() - t0)
+    return len(plan) / best
+
+
 def loader_vs_demand(entries: list[str], workers: int, pairs: int) -> float:
     """Wall-clock pairs/s of a real DataLoader with ``workers`` processes on the train path (224, sample frames)."""
     cfg = load_config("S-224", [f"data.pairs_per_epoch={pairs}"])
@@ -232,6 +302,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="timed passes per case; the best counts")
     p.add_argument("--workers", type=int, default=2, help="DataLoader processes of the loader-vs-demand line")
     p.add_argument("--decoders", action="store_true", help="also compare JPEG decoders")
+    p.add_argument("--official", type=Path, default=None,
+                   help="a checkout of the official LoRAT code (github LitingLin/LoRAT, with its requirements): "
+                        "also time its training-pair transform on the same pairs, side by side")
     p.add_argument("--serve", nargs=2, help=argparse.SUPPRESS)  # internal: run the HTTP test server
     args = p.parse_args()
     if args.serve:
@@ -280,6 +353,10 @@ def main() -> None:
                 line += (f" | shards + reduced decode {rd['pps']:7.1f} ({rd['pps'] / sh['pps']:.2f}x exact decode, "
                          f"{rd['counters'].get('reduced_frames', 0) / max(rd['counters']['frames_read'], 1):.0%} "
                          "of frames decoded reduced)")
+            if args.official:
+                off = time_official(args.official, entries[name], res, pairs, args.repeats)
+                res_table[(name, res, "official")] = off
+                line += f" | official LoRAT transform {off:7.1f} (shards {sh['pps'] / off:.2f}x official)"
             print(line)
             if res == 224:
                 distinct = distinct_frame_bytes(sh["ds"], pairs)
@@ -332,12 +409,13 @@ def main() -> None:
              f"does NOT meet it: needs {demand / per_core:.0f} loader cores per GPU"))
     tmp.cleanup()
     print()
-    official = 68.0  # the issue's figure for the official pipeline (another machine, not re-measured here)
     for name in ("sample", "720p", "720p-large"):
         for res in (224, 378):
             extra = ", ".join(f"{k} {v:.1f}" for (n, r, k), v in res_table.items() if n == name and r == res)
             print(f"pairs/s/core {name} {res}: {extra}")
-    print(f"(official pipeline, issue figure not re-measured here: {official:.0f} pairs/s/core at the sample frames)")
+    if not args.official:
+        print("(official pipeline not run: pass --official LORAT_CHECKOUT; the issue's figure, from another machine: "
+              "68 pairs/s/core at the sample frames)")
     print(f"pairs/s/core 224 train-path: {res_table[('sample', 224, 'shards')]:.1f}")
 
 

@@ -148,7 +148,9 @@ class ShardStream(torch.utils.data.IterableDataset):
         text = " ".join(str(a) for a in exn.args)
         # A transport failure (a `pipe:` command such as curl exiting non-zero, a refused connection) is not a
         # damaged shard: it stops the run with the URL and the cause instead of being skipped as bad data.
-        if isinstance(exn, (ConnectionError, TimeoutError)) or re.search(r"\bexit (status )?[1-9]", text):
+        # An empty stream from a `pipe:` command is the same failure seen before its exit status arrives.
+        if (isinstance(exn, (ConnectionError, TimeoutError)) or re.search(r"\bexit (status )?[1-9]", text)
+                or ("empty file" in text and "pipe:" in text)):
             raise StorageError(f"reading shard stream failed: {text} (storage unreachable or the command failed; "
                                "not counted as bad data)") from exn
         if self.cfg.on_bad_sample == "raise":
