@@ -225,10 +225,10 @@ def official_transform(lorat_dir: Path, res: int):
 def time_official(lorat_dir: Path, entries: list[str], res: int, pairs: int, repeats: int) -> float:
     """pairs/s/core of the official transform on the pairs our sampler draws (same frames, same boxes); frames
     read and decoded by trackit (file read + TurboJPEG), a failed search crop re-drawn as its sampler does."""
+    proc = official_transform(lorat_dir, res)  # puts the checkout on sys.path
     from trackit.data.methods.siamese_tracker_train._types import SiameseTrainingPair, SOTFrameInfo
     from trackit.miscellanies.image.io import read_image_with_auto_retry
 
-    proc = official_transform(lorat_dir, res)
     cfg = load_config(f"S-{res}", [f"data.pairs_per_epoch={pairs}"])
     ds = build_dataset(entries, cfg.data, cfg.model, MICRO, 0, 1, pairs)
     plan = []
