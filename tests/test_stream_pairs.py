@@ -154,3 +154,12 @@ def test_worker_init_fn_pins_threads():
     finally:
         torch.set_num_threads(before_t)
         cv2.setNumThreads(before_cv)
+
+
+def test_labels_follow_the_model_patch_size(srcs):
+    s = next(iter(_ds(srcs, pairs_per_epoch=2, lanes=1)))
+    t = next(iter(ShardPairDataset(srcs, CFG, 64, 128, pairs_per_epoch=2, rank=0, world_size=1, lanes=1,
+                                   patch_size=16)))
+    assert s["positive_map"].shape == (8, 8) and t["positive_map"].shape == (8, 8) and t["z_feat_mask"].shape == (4, 4)
+    with pytest.raises(ValueError, match="search_size 120 is not a multiple of patch_size 16"):
+        ShardPairDataset(srcs, CFG, 64, 120, patch_size=16)

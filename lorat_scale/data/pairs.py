@@ -19,7 +19,7 @@ import torch
 from lorat_scale.boxes import cell_mask
 from lorat_scale.config import DataConfig
 from lorat_scale.data import augment, crop
-from lorat_scale.data.decode import decode_image, decode_image_reduced, image_size
+from lorat_scale.data.decode import decode_image_reduced, image_size
 from lorat_scale.data.sequence import BadImageError, Sequence
 
 __all__ = [
@@ -38,7 +38,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FrameLoader = Callable[[Sequence, int], np.ndarray]
-STRIDE = 14  # ViT patch size: template-mask and label cell size
 MAX_RESAMPLES = 100  # pairs re-drawn (bad frame, no valid frame, jitter failure) before giving up
 
 
@@ -57,19 +56,16 @@ def read_bytes(seq: Sequence, i: int) -> bytes:
     except BadImageError:
         raise  # names its shard, byte range, sequence and frame already
     except OSError as e:
-        raise OSError(f"{seq.key}/{seq.frames[i]}: {e}") from e
+        raise BadImageError(f"{seq.frame_name(i)}: cannot read frame ({e.strerror or e})", "missing") from e
     IO_COUNTS["bytes"] += len(data)
     IO_COUNTS["frames"] += 1
     return data
 
 
 def load_frame(seq: Sequence, i: int) -> np.ndarray:
-    """Default frame loader: ``seq``'s encoded bytes (file, in-memory record or shard range) -> uint8 HWC RGB."""
-    data = read_bytes(seq, i)
-    try:
-        return decode_image(data)
-    except OSError as e:
-        raise OSError(f"{seq.key}/{seq.frames[i]}: {e}") from e
+    """Default frame loader: ``Sequence.load_frame`` (strict decode, size checked; ``BadImageError`` names the file),
+    its bytes counted in ``IO_COUNTS``."""
+    return seq.load_frame(i, read_bytes(seq, i))
 
 
 class _Frame:
@@ -83,7 +79,7 @@ class _Frame:
             try:
                 self.wh = image_size(self.data)
             except OSError as e:
-                raise OSError(f"{seq.key}/{seq.frames[i]}: {e}") from e
+                raise BadImageError(f"{seq.frame_name(i)}: cannot decode image ({e})", "corrupt") from e
             self.img = None
         else:
             self.data, self.img = None, loader(seq, i)
@@ -93,10 +89,15 @@ class _Frame:
     def pixels(self, scale: float) -> tuple[np.ndarray, float]:
         """(uint8 HWC image, its size / the frame's size) for a crop of ``scale`` output px per frame px."""
         if self.img is None:
+            name = self.seq.frame_name(self.i)
             try:
                 self.img, self.factor = decode_image_reduced(self.data, scale)
             except OSError as e:
-                raise OSError(f"{self.seq.key}/{self.seq.frames[self.i]}: {e}") from e
+                raise BadImageError(f"{name}: cannot decode image ({e})", "corrupt") from e
+            want = self.seq.size_of(self.i)
+            if want is not None and tuple(self.wh) != tuple(want):
+                raise BadImageError(f"{name}: frame is {self.wh[0]}x{self.wh[1]}, expected {want[0]}x{want[1]} (the "
+                                    f"size {self.seq.key}'s boxes are measured on)", "size")
         return self.img, self.factor
 
 
@@ -190,12 +191,26 @@ def make_pair(
     seq_index: int | None = None,
     load_frame: FrameLoader = load_frame,
     augment_images: bool = True,
+    patch_size: int = 14,
 ) -> dict:
-    """One training sample (ARCHITECTURE.md "A training sample") drawn with ``rng`` from ``sequences``."""
+    """One training sample (ARCHITECTURE.md "A training sample") drawn with ``rng`` from ``sequences``.
+
+    ``patch_size`` is the model's (``ModelConfig.patch_size``): the cell size of the template mask
+    and of the label map, which must match the model's token grids.
+    """
     if not sequences:
         raise PairSamplingError("no sequences to sample from")
+    check_grid(template_size, search_size, patch_size)
     with _one_torch_thread():
-        return _make_pair(sequences, cfg, rng, template_size, search_size, seq_index, load_frame, augment_images)
+        return _make_pair(sequences, cfg, rng, template_size, search_size, seq_index, load_frame, augment_images,
+                          patch_size)
+
+
+def check_grid(template_size: int, search_size: int, patch_size: int) -> None:
+    """Crop sides must be whole numbers of patches (else the labels would not match the model's grid)."""
+    for name, size in (("template_size", template_size), ("search_size", search_size)):
+        if patch_size <= 0 or size % patch_size:
+            raise ValueError(f"{name} {size} is not a multiple of patch_size {patch_size}")
 
 
 def _make_pair(
@@ -207,6 +222,7 @@ def _make_pair(
     seq_index: int | None,
     load_frame: FrameLoader,
     augment_images: bool,
+    patch: int,
 ) -> dict:
     """make_pair's body (run with one torch thread)."""
     tz, tx = template_size, search_size
@@ -272,9 +288,9 @@ def _make_pair(
         return {
             "z": z,
             "x": x,
-            "z_feat_mask": torch.from_numpy(cell_mask(z_box_c, STRIDE, (tz // STRIDE, tz // STRIDE))),
+            "z_feat_mask": torch.from_numpy(cell_mask(z_box_c, patch, (tz // patch, tz // patch))),
             "target_box": torch.from_numpy((x_box_c / tx).astype(np.float32)),
-            "positive_map": torch.from_numpy(cell_mask(x_box_c, STRIDE, (tx // STRIDE, tx // STRIDE)).astype(bool)),
+            "positive_map": torch.from_numpy(cell_mask(x_box_c, patch, (tx // patch, tx // patch)).astype(bool)),
             # Where the pair comes from, as fields (the datasets add "source" and "position").
             "sequence": seq.key,
             "template_frame": seq.offset + t,
@@ -349,7 +365,12 @@ def fork_safe_opencv() -> None:
 
 
 class PairDataset(torch.utils.data.Dataset):
-    """Map-style dataset of training pairs: index -> sample, deterministic in (cfg.seed, epoch, index)."""
+    """Map-style dataset of training pairs: index -> sample, deterministic in (cfg.seed, epoch, index).
+
+    ``patch_size`` is the model's (``ModelConfig.patch_size``): labels and template mask are on its grid.
+    ``rank``/``world_size`` (default: torch.distributed, else RANK/WORLD_SIZE) choose this rank's batches in
+    ``epoch_loader``.
+    """
 
     def __init__(
         self,
@@ -363,6 +384,7 @@ class PairDataset(torch.utils.data.Dataset):
         pairs_per_epoch: int | None = None,
         rank: int | None = None,
         world_size: int | None = None,
+        patch_size: int = 14,
     ) -> None:
         sources = [list(s) for s in sources]
         if not sources or any(len(s) == 0 for s in sources):
@@ -371,7 +393,8 @@ class PairDataset(torch.utils.data.Dataset):
         if len(weights) != len(sources) or min(weights) < 0 or sum(weights) <= 0:
             raise ValueError(f"data.weights {weights} must give one non-negative weight per source ({len(sources)})")
         self.sources, self.cfg, self.weights = sources, cfg, weights
-        self.template_size, self.search_size = template_size, search_size
+        check_grid(template_size, search_size, patch_size)
+        self.template_size, self.search_size, self.patch_size = template_size, search_size, patch_size
         self.load_frame, self.augment_images = load_frame, augment_images
         self.length = int(pairs_per_epoch if pairs_per_epoch is not None else cfg.pairs_per_epoch)
         self.rank, self.world_size = rank_and_world(rank, world_size)
@@ -420,6 +443,7 @@ class PairDataset(torch.utils.data.Dataset):
             seq_index=s,
             load_frame=self.load_frame,
             augment_images=self.augment_images,
+            patch_size=self.patch_size,
         )
         sample["source"], sample["position"] = d, int(index)
         return sample

@@ -81,8 +81,8 @@ import numpy as np
 import torch
 
 from ..config import DataConfig
-from .pairs import (PairSamplingError, collate, fork_safe_opencv, make_pair, rank_and_world, split_counts,
-                    worker_init_fn)
+from .pairs import (PairSamplingError, check_grid, collate, fork_safe_opencv, make_pair, rank_and_world,
+                    split_counts, worker_init_fn)
 from .sequence import Sequence
 from .shards import ShardLayoutError, read_manifest, shard_urls
 from .stream import ShardStream, StreamStats
@@ -146,14 +146,15 @@ class ShardPairDataset(torch.utils.data.IterableDataset):
     ``rank``/``world_size``: default torch.distributed, else ``RANK``/``WORLD_SIZE``; ``pairs_per_record``
     (k) and ``open_records``: default ``cfg.stream_pairs_per_record`` / ``cfg.stream_open_records``;
     ``batch_size``: the DataLoader's (``batch_size=None`` loaders: 1); ``lanes``: default
-    ``cfg.num_workers``, a multiple of the loader's workers; ``pairs_per_epoch``: default ``cfg``'s.
+    ``cfg.num_workers``, a multiple of the loader's workers; ``pairs_per_epoch``: default ``cfg``'s;
+    ``patch_size``: the model's (``ModelConfig.patch_size``), the cell size of the template mask and labels.
     """
 
     def __init__(self, sources: Seq["str | os.PathLike | ShardSource"], cfg: DataConfig, template_size: int = 112,
                  search_size: int = 224, epoch: int = 0, rank: int | None = None, world_size: int | None = None,
                  pairs_per_record: float | None = None, batch_size: int = 1, lanes: int | None = None,
                  open_records: int | None = None, pairs_per_epoch: int | None = None, start: int = 0,
-                 augment_images: bool = True) -> None:
+                 augment_images: bool = True, patch_size: int = 14) -> None:
         self.sources = [ShardSource.parse(s) for s in sources]
         if not self.sources:
             raise ValueError("ShardPairDataset needs at least one source (a shard folder or manifest)")
@@ -169,7 +170,8 @@ class ShardPairDataset(torch.utils.data.IterableDataset):
         if batch_size < 1 or open_records < 1:
             raise ValueError(f"batch_size={batch_size} and open_records={open_records} must be >= 1")
         self.cfg, self.weights = cfg, [float(w) for w in weights]
-        self.template_size, self.search_size = template_size, search_size
+        check_grid(template_size, search_size, patch_size)
+        self.template_size, self.search_size, self.patch_size = template_size, search_size, patch_size
         self.rank, self.world_size = rank_and_world(rank, world_size)
         self.pairs_per_record, self.batch_size, self.open_records = float(pairs_per_record), batch_size, open_records
         self.lanes = int(lanes if lanes is not None else max(cfg.num_workers, 1))
@@ -395,7 +397,7 @@ class _Lane:
         for k, window in enumerate([seq, *others]):
             try:
                 s = make_pair([window], c, rng, ds.template_size, ds.search_size, seq_index=0,
-                              augment_images=ds.augment_images)
+                              augment_images=ds.augment_images, patch_size=ds.patch_size)
             except PairSamplingError as e:
                 if c.on_bad_sample == "raise":
                     raise
