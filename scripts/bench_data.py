@@ -24,7 +24,7 @@ sampler draws, in the same run: the side-by-side ratio. The last line is ``pairs
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import math
 import os
 import subprocess
 import sys
@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from train import build_dataset  # noqa: E402
 
 from lorat_scale import paths  # noqa: E402
-from lorat_scale.config import DataConfig, load_config  # noqa: E402
+from lorat_scale.config import load_config  # noqa: E402
 from lorat_scale.data.augment import IMAGENET_STD  # noqa: E402
 from lorat_scale.data.decode import decode_image, decode_image_pil  # noqa: E402
 from lorat_scale.data.readers import read_dataset  # noqa: E402
@@ -410,7 +410,7 @@ def main() -> None:
           f"(96-core 8-GPU node) that is {demand / cores_per_gpu:.0f} pairs/s per worker; measured "
           f"{per_core:.0f} pairs/s/core here -> "
           + ("meets it" if per_core >= demand / cores_per_gpu else
-             f"does NOT meet it: needs {demand / per_core:.0f} loader cores per GPU"))
+             f"does NOT meet it: needs {math.ceil(demand / per_core)} loader cores per GPU"))
     tmp.cleanup()
     print()
     for name in ("sample", "720p", "720p-large"):

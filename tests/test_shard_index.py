@@ -2,7 +2,6 @@
 dead/slow servers, damaged shards, checksums, manifest counts, layouts the reader refuses, the writer's CLI."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -22,7 +21,7 @@ from lorat_scale.data.pairs import IO_COUNTS, PairDataset, collate
 from lorat_scale.data.readers import read_dataset
 from lorat_scale.data.sequence import BadImageError
 from lorat_scale.data.shards import (ShardLayoutError, load_shards, make_shards, read_manifest, sidecar_name,
-                                     verify_shards, write_manifest)
+                                     write_manifest)
 from lorat_scale.data.storage import READ_STATS, RetryPolicy, StorageError
 from lorat_scale.data.stream_pairs import ShardPairDataset
 
@@ -381,7 +380,6 @@ def test_collate_counts_once(raw_and_shards):
     assert b["counters"]["same_frame"] == sum(s["template_frame"] == s["search_frame"] for s in samples)
     assert b["template_frame"].tolist() == [s["template_frame"] for s in samples]
     assert IO_COUNTS["frames"] > 0
-    _ = json
 
 
 def test_stream_dead_server_is_a_storage_error_not_bad_data(tmp_path, shared_data):
