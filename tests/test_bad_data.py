@@ -89,7 +89,7 @@ def test_corrupt_frame_is_skipped_or_raised_in_training_and_found_by_check_data(
     with pytest.raises(PairSamplingError, match=rf"last error: {bad_path}: cannot decode"):
         make_pair([bad], SKIP, np.random.default_rng(0), 112, 224)
     # check-data --decode decodes as training does.
-    assert cli(["check-data", "--format", "custom", "--root", str(root), "--decode", "--workers", "2"]) == 1
+    assert cli(["check-data", "--format", "custom", "--root", str(root), "--decode", "--num-workers", "2"]) == 1
     out = capsys.readouterr().out
     assert f"{bad_path}: cannot decode image (corrupt JPEG data" in out and "corrupt frames 1" in out
     assert cli(["check-data", "--format", "custom", "--root", str(root)]) == 0  # without --decode: headers only

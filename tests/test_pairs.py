@@ -66,7 +66,10 @@ def test_sample_contract(sources):
     assert s["target_box"].shape == (4,) and s["target_box"].dtype == torch.float32
     assert ((s["target_box"] >= 0) & (s["target_box"] <= 1)).all()
     assert s["key"].startswith("synth/")
-    assert s["counters"] == {"resampled": 0, "bad_frames": 0}
+    assert s["counters"]["resampled"] == 0 and s["counters"]["bad_frames"] == 0
+    t, x = s["template_frame"], s["search_frame"]
+    assert s["counters"]["frames_read"] == 1 + (t != x) and s["key"] == f"{s['sequence']}/{t}/{x}"
+    assert s["source"] == int(PairDataset(sources, CFG)._plan_ds[0]) and s["position"] == 0
     assert -3 < float(s["x"].min()) and float(s["x"].max()) < 3  # normalized
 
 

@@ -397,12 +397,14 @@ def test_resume_with_compile(train_module, sources, tmp_path, monkeypatch):
     assert any(not torch.equal(saved[k], after[k]) for k in saved)  # step 3 trained on the loaded weights
 
 
-def test_shard_stream_training_resumes_exactly(train_module, tmp_path, shared_data):
-    """shards=MANIFEST sources: the stream path trains, and a stop + --resume auto continues bit-exactly."""
+@pytest.mark.parametrize("access", ["random", "stream"])
+def test_shard_training_resumes_exactly(train_module, tmp_path, shared_data, access):
+    """shards=FOLDER sources, random access and the stream: training runs, a stop + --resume auto continues bit-exactly."""
     from _data_trees import build_shards
 
     shards = build_shards(tmp_path / "src", shared_data, n_seqs=4, n=6, min_shards=2)
     common = ["--variant", "S-224", *TINY, f"data.train_sources=[shards={shards}]", "data.pairs_per_epoch=16",
+              f"data.shard_access={access}",
               "data.num_workers=0", "train.global_batch=4", "train.micro_batch=2", "train.epochs=2",
               "train.warmup_epochs=0", "train.lr=3e-3", "train.save_every=0", "train.log_pairs=true"]
     ref, run = tmp_path / "ref", tmp_path / "run"

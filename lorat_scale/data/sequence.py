@@ -7,6 +7,7 @@ into ``frame_bytes`` (in-memory JPEG bytes) for sequences decoded from shards.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -41,6 +42,9 @@ class Sequence:
     offset: int = 0  # index of frames[0] in the full source sequence (after trimming)
     annotation: str = field(default="", repr=False, compare=False)  # source annotation file (for messages)
     weight: float = 1.0  # share of the source sequence's valid frames in ``core`` (1 = whole sequence)
+    # Indexed shards (shards.ShardStore): frames are read by byte range through this store; the per-frame
+    # locations live in ``extra`` (shard, offset, nbytes, crc32). None for files and in-memory frames.
+    store: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 4)
@@ -104,6 +108,8 @@ class Sequence:
 
     def read_bytes(self, i: int) -> bytes:
         """Encoded bytes of frame ``i`` (from memory for shard sequences, else from disk)."""
+        if self.store is not None:
+            return self.store.read_frame(self, i)
         f = self.frames[i]
         if self.frame_bytes:
             return self.frame_bytes[f]
@@ -112,9 +118,9 @@ class Sequence:
 
     def frame_name(self, i: int) -> str:
         """Where frame ``i`` comes from, for messages: its file path, or ``dataset/name/key`` in a shard."""
-        return f"{self.key}/{self.frames[i]}" if self.frame_bytes else self.frames[i]
+        return f"{self.key}/{self.frames[i]}" if self.frame_bytes or self.store is not None else self.frames[i]
 
-    def load_frame(self, i: int) -> np.ndarray:
+    def load_frame(self, i: int, data: bytes | None = None) -> np.ndarray:
         """Decode frame ``i`` to uint8 HWC RGB, strictly, and check its size against the sequence's.
 
         Raises ``BadImageError`` naming the file (or shard key) when it cannot be read
@@ -122,7 +128,7 @@ class Sequence:
         size from what its box was measured on (``kind="size"``): such a frame is never trained on.
         """
         try:
-            data = self.read_bytes(i)
+            data = self.read_bytes(i) if data is None else data  # ``data``: its bytes, already read by the caller
         except OSError as e:
             raise BadImageError(f"{self.frame_name(i)}: cannot read frame ({e.strerror or e})", "missing") from e
         try:

@@ -31,18 +31,18 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DeepSpeedPlugin, DistributedDataParallelKwargs, ProjectConfiguration, set_seed
-from torch.utils.data import DataLoader, default_collate
 from tqdm import tqdm
 
-from ..config import ConfigError, load_config
+from ..config import ConfigError, DataConfig, load_config
 from ..data.cache import cached_read
 from ..data.pairs import PairDataset
 from ..data.readers import DatasetError, ReadReport, parse_source
-from ..data.stream_pairs import ShardPairDataset, worker_init_fn
+from ..data.shards import load_shards
+from ..data.storage import RetryPolicy
+from ..data.stream_pairs import ShardPairDataset
 from ..models import build_model
 from ..models.weights import load_trainable, save_trainable
-from .distributed import (DDP_KWARGS, accumulation_steps, check_run, fill_ds_config, micro_batch_indices,
-                          read_ds_config, zero_stage)
+from .distributed import DDP_KWARGS, accumulation_steps, check_run, fill_ds_config, read_ds_config, zero_stage
 from .optim import build_optimizer, build_scheduler, peak_lr, steps_per_epoch
 from .loss import lorat_loss
 from .step import to_device, train_step
@@ -76,14 +76,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 # ----------------------------------------------------------------------------------------------
 # Data: sources -> dataset -> this rank's micro-batches of an epoch
 # ----------------------------------------------------------------------------------------------
-def load_sources(entries: list[str], on_bad_sample: str = "raise", verbose: bool = True) -> list[list]:
-    """``format[:split]=root`` entries -> one list of Sequences per entry (cached annotation reads).
+def load_sources(entries: list[str], on_bad_sample: str = "raise", verbose: bool = True,
+                 dc: DataConfig | None = None) -> list[list]:
+    """``format[:split]=root`` and ``shards=FOLDER[::BASE_URL]`` entries -> one list of Sequences per entry.
 
-    Bad data the readers find follows ``data.on_bad_sample``: "raise" stops at the first problem
-    (``DatasetError``, one line naming the file), "skip" leaves it out and warns, naming the files.
+    Shards are read by byte range (the frames a pair uses; ``dc``'s io_* and verify_frames settings). Bad data
+    the readers find follows ``data.on_bad_sample``: "raise" stops at the first problem (``DatasetError``, one
+    line naming the file), "skip" leaves it out and warns, naming the files.
     """
+    dc = dc or DataConfig()
     sources = []
     for entry in entries:
+        if entry.startswith("shards="):
+            seqs = load_shards(entry.split("=", 1)[1], RetryPolicy(dc.io_retries, dc.io_backoff, dc.io_timeout),
+                               dc.verify_frames)
+            if not seqs:
+                raise ConfigError(f"data source {entry!r} holds no usable sequence")
+            sources.append(seqs)
+            continue
         try:
             fmt, split, root = parse_source(entry)
         except ValueError as e:
@@ -103,47 +113,17 @@ def load_sources(entries: list[str], on_bad_sample: str = "raise", verbose: bool
     return sources
 
 
-def collate(samples: list[dict]) -> dict:
-    """Stack a micro-batch; data-quality counters of the samples are summed under ``counters``."""
-    counters: dict[str, int] = {}
-    for s in samples:
-        for k, v in (s.pop("counters", None) or {}).items():
-            counters[k] = counters.get(k, 0) + int(v)
-        # Counted here from what every sample carries: a pair without positives, a same-frame pair.
-        counters["no_positive"] = counters.get("no_positive", 0) + int(not bool(s["positive_map"].any()))
-        template_frame, search_frame = s["key"].rsplit("/", 2)[1:]  # key: <dataset>/<sequence>/<t>/<s>
-        counters["same_frame"] = counters.get("same_frame", 0) + int(template_frame == search_frame)
-    batch = default_collate(samples)
-    batch["counters"] = counters
-    return batch
-
-
 def build_dataset(entries: list[str], dc, mc, micro: int, rank: int, world: int,
                   pairs_per_epoch: int) -> PairDataset | ShardPairDataset:
-    """PairDataset over reader sources, or ShardPairDataset over ``shards=MANIFEST[::BASE_URL]`` entries."""
+    """PairDataset over reader or shard sources; ShardPairDataset for ``shards=`` with data.shard_access=stream."""
     shards = [e.split("=", 1)[1] for e in entries if e.startswith("shards=")]
-    if shards and len(shards) != len(entries):
-        raise ConfigError(f"data sources {entries}: use either shards=... entries or reader entries, not both")
-    if shards:
+    if shards and dc.shard_access == "stream":
+        if len(shards) != len(entries):
+            raise ConfigError(f"data sources {entries}: data.shard_access=stream reads shards=... entries only")
         return ShardPairDataset(shards, dc, mc.template_size, mc.search_size, rank=rank, world_size=world,
                                 batch_size=micro, pairs_per_epoch=pairs_per_epoch, patch_size=mc.patch_size)
-    return PairDataset(load_sources(entries, dc.on_bad_sample, verbose=rank == 0), dc, mc.template_size, mc.search_size,
-                       pairs_per_epoch=pairs_per_epoch, patch_size=mc.patch_size)
-
-
-def epoch_loader(dataset: PairDataset | ShardPairDataset, epoch: int, steps: range, micro: int, accum: int,
-                 world: int, rank: int, workers: int, seed: int) -> DataLoader:
-    """This rank's micro-batches for the optimizer steps ``steps`` of ``epoch``, in order."""
-    # Own generator: creating a loader must not consume the global torch RNG (bit-exact resume).
-    common = dict(num_workers=workers, collate_fn=collate, pin_memory=torch.cuda.is_available(),
-                  generator=torch.Generator().manual_seed(seed))
-    if isinstance(dataset, ShardPairDataset):
-        # The stream yields this rank's samples in order from a position (= samples already consumed).
-        dataset.set_epoch(epoch, start_position=steps.start * accum * micro)
-        return DataLoader(dataset, batch_size=micro, worker_init_fn=worker_init_fn, **common)
-    dataset.set_epoch(epoch)
-    batches = [mb for s in steps for mb in micro_batch_indices(s, micro * accum * world, micro, world, rank)]
-    return DataLoader(dataset, batch_sampler=batches, **common)
+    return PairDataset(load_sources(entries, dc.on_bad_sample, verbose=rank == 0, dc=dc), dc, mc.template_size, mc.search_size,
+                       pairs_per_epoch=pairs_per_epoch, rank=rank, world_size=world, patch_size=mc.patch_size)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -291,9 +271,9 @@ def evaluate(model: torch.nn.Module, dataset: PairDataset | ShardPairDataset, ac
              micro: int, batches: int, workers: int) -> dict:
     """Validation loss over a fixed pair set: global sums over all ranks / global positives."""
     model.eval()
-    world, rank = accelerator.num_processes, accelerator.process_index
+    world = accelerator.num_processes
     sums = torch.zeros(3, dtype=torch.float64, device=accelerator.device)
-    loader = epoch_loader(dataset, 0, range(batches), micro, 1, world, rank, workers, seed=0)
+    loader = dataset.epoch_loader(0, range(batches), micro * world, micro, workers, seed=0)
     for _, batch in zip(range(batches), loader):
         batch = to_device(batch, accelerator.device)
         with accelerator.autocast():
@@ -443,19 +423,15 @@ def train(argv: list[str] | None = None) -> int:
     while state.step < total_steps:
         epoch, first = divmod(state.step, spe)
         last = min(spe, first + total_steps - state.step)
-        batches = iter(epoch_loader(train_ds, epoch, range(first, last), tc.micro_batch, accum, world, rank,
-                                    dc.num_workers, seed=tc.seed + epoch))
+        batches = iter(train_ds.epoch_loader(epoch, range(first, last), tc.global_batch, tc.micro_batch,
+                                             dc.num_workers, seed=tc.seed + epoch))
         for _ in range(first, last):
             if val_ds is not None and state.step % tc.val_every == 0:
                 validate()  # at step 0 too: the starting point of the curve
             t0 = time.perf_counter()
             step_batches = [next(batches) for _ in range(accum)]
             if pairs_file:  # which pairs this rank trained on at this step (tests, debugging)
-                if "position" in step_batches[0]:  # the stream's global position of each sample
-                    idx = [int(p) for b in step_batches for p in b["position"]]
-                else:
-                    idx = sum(micro_batch_indices(state.step - epoch * spe, tc.global_batch, tc.micro_batch, world,
-                                                  rank), [])
+                idx = [int(p) for b in step_batches for p in b["position"]]  # position in the epoch
                 pairs_file.write(json.dumps({"step": state.step, "epoch": epoch, "indices": idx,
                                              "keys": [k for b in step_batches for k in b["key"]]}) + "\n")
                 pairs_file.flush()
@@ -484,9 +460,9 @@ def train(argv: list[str] | None = None) -> int:
             if state.step % tc.log_every == 0 or state.step == total_steps:
                 pbar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", pairs_s=f"{row['pairs_per_s']:.1f}",
                                  mem=f"{row['mem_gb']:.2f}G")
-                data = {f"data/{k}": v for k, v in state.counters.items()}
-                if isinstance(train_ds, ShardPairDataset):  # stream bad-data counters (this process, all workers)
-                    data |= {f"data/stream_{k}": v for k, v in train_ds.counters().items()}
+                data = {f"data/{k}": v for k, v in state.counters.items()}  # from the samples, checkpointed
+                # Dataset-level counters (the stream's records, bad records, ...; this process and its workers).
+                data |= {f"data/stream_{k}": v for k, v in train_ds.counters().items()}
                 accelerator.log({f"train/{k}": v for k, v in row.items() if k not in ("step", "bad")}
                                 | data | {"train/bad_steps": state.bad_steps}, step=state.step)
                 if main_process and state.counters:
