@@ -53,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{m.peak_phase.split(' (')[0]} | {r.flops / 1e12:.2f} TFLOP | {format_bytes(r.all_reduce)} | "
                   f"{format_bytes(r.reduce_scatter)} | {format_bytes(r.all_gather)} | {r.seconds:.1f} |", flush=True)
     load = os.getloadavg()
-    print(f"\n{time.perf_counter() - t0:.0f} s in all; load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} at the end. "
-          "FLOPs: matmul, conv and attention of forward + backward (FlopCounterMode); peak: traced + modelled "
-          "terms (lorat-scale dry-run prints the breakdown).")
+    print(f"\n{time.perf_counter() - t0:.0f} s in all; load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} "
+          "at the end. FLOPs: matmul, conv and attention of forward + backward (FlopCounterMode); "
+          "peak: traced + modelled terms (lorat-scale dry-run prints the breakdown).")
     return 0
 
 

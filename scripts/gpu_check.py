@@ -94,7 +94,8 @@ class Check:
         except Exception as e:  # noqa: BLE001 - a part's failure is a result, the next parts still run
             status, why = "failed", f"{type(e).__name__}: {e}"
             traceback.print_exc()
-        self.parts[name] = {"status": status, "reason": why, "rows": rows, "seconds": round(time.perf_counter() - t0, 1)}
+        seconds = round(time.perf_counter() - t0, 1)
+        self.parts[name] = {"status": status, "reason": why, "rows": rows, "seconds": seconds}
         print(f"[{name}] {status} in {time.perf_counter() - t0:.0f} s {why}", flush=True)
         self.write()
 
@@ -104,8 +105,8 @@ class Check:
         (self.out / "gpu_check.json").write_text(json.dumps({"env": self.env, "parts": self.parts}, indent=1))
         md = ["# GPU check", "", " | ".join(f"{k} {v}" for k, v in self.env.items()), ""]
         for name, part in self.parts.items():
-            md += [f"## {name}: {part['status']} ({part['seconds']} s)" + (f": {part['reason']}" if part["reason"] else ""),
-                   ""]
+            why = f": {part['reason']}" if part["reason"] else ""
+            md += [f"## {name}: {part['status']} ({part['seconds']} s){why}", ""]
             if part["rows"]:
                 keys = list(dict.fromkeys(k for r in part["rows"] for k in r))
                 md += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
@@ -208,7 +209,8 @@ def part_memory_speed(check: Check, rows: list[dict]) -> None:
 # ---------------------------------------------------------------------------------------------
 # 2. DeepSpeed through the loop; 5. fp16 and compile + resume through the loop
 # ---------------------------------------------------------------------------------------------
-def _loop(check: Check, run_dir: Path, extra: list[str], steps: int, resume: bool = False) -> subprocess.CompletedProcess:
+def _loop(check: Check, run_dir: Path, extra: list[str], steps: int,
+          resume: bool = False) -> subprocess.CompletedProcess:
     """The training loop in a process of its own (torchrun, one process: an NCCL group of size 1 on a GPU)."""
     from lorat_scale import paths
 
@@ -249,7 +251,8 @@ def part_deepspeed(check: Check, rows: list[dict]) -> None:
 
     for stage in ("zero2", "zero3"):
         path = ROOT / "ds_configs" / f"{stage}.json"
-        fill_ds_config(read_ds_config(path), load_config("S-224", ["train.global_batch=4", "train.micro_batch=2"]).train, 1)
+        tc = load_config("S-224", ["train.global_batch=4", "train.micro_batch=2"]).train
+        fill_ds_config(read_ds_config(path), tc, 1)
     if check.smoke:
         raise Skip("CPU smoke: the configs were filled and checked; DeepSpeed steps through the loop on CPU "
                    "take minutes (tests/test_train.py::test_deepspeed_zero2_step_and_resume runs ZeRO-2)")
@@ -284,7 +287,8 @@ def part_loop_fp16_compile(check: Check, rows: list[dict]) -> None:
     shutil.rmtree(run, ignore_errors=True)
     _loop(check, run, ["train.precision=fp16"], 3)
     r = _rows(run)
-    rows.append({"run": "fp16 + GradScaler", "steps": sorted(r), "losses finite": all(math.isfinite(x["loss"]) for x in r.values()),
+    rows.append({"run": "fp16 + GradScaler", "steps": sorted(r),
+                 "losses finite": all(math.isfinite(x["loss"]) for x in r.values()),
                  "grad_norm finite": all(math.isfinite(x.get("grad_norm", float("nan"))) for x in r.values())})
     run = check.out / "compile"
     shutil.rmtree(run, ignore_errors=True)
@@ -330,7 +334,8 @@ def part_quantized(check: Check, rows: list[dict]) -> None:
                 merged = merge_for_inference(model)
                 out = merged(b["z"], b["x"], b["z_feat_mask"])["score_map"].float()
             row["merge max |diff|"] = float((out - ref).abs().max())
-            row["unchanged by move to CUDA"] = _unchanged_by_move(cfg, storage) if check.device.type == "cuda" else "n/a on CPU"
+            moved = _unchanged_by_move(cfg, storage) if check.device.type == "cuda" else "n/a on CPU"
+            row["unchanged by move to CUDA"] = moved
         rows.append(row)
         del model, opt
         _free()
@@ -341,11 +346,13 @@ def _unchanged_by_move(cfg, storage: str) -> bool:
     from lorat_scale.models import build_model
 
     model = build_model(cfg.model, device="cpu")
-    layer = model.blocks[0].attn.q.base_layer
-    before = (layer.weight.data.clone(), (layer.weight.SCB if storage == "int8" else layer.weight.quant_state.absmax).clone())
+    def state() -> tuple[torch.Tensor, torch.Tensor]:  # the quantized data and its scales, on the CPU
+        w = model.blocks[0].attn.q.base_layer.weight
+        return w.data.cpu().clone(), (w.SCB if storage == "int8" else w.quant_state.absmax).cpu().clone()
+
+    before = state()
     model.to("cuda")
-    layer = model.blocks[0].attn.q.base_layer
-    after = (layer.weight.data.cpu(), (layer.weight.SCB if storage == "int8" else layer.weight.quant_state.absmax).cpu())
+    after = state()
     return bool(torch.equal(before[0], after[0]) and torch.equal(before[1], after[1]))
 
 

@@ -183,7 +183,8 @@ def test_deepspeed_step_logs_the_engines_grad_norm():
 
     engine = Engine()
     batch = {"z": torch.zeros(2, 1), "x": torch.randn(2, 3, 3, 4), "z_feat_mask": torch.zeros(2, 1),
-             "target_box": torch.tensor([[0.2, 0.2, 0.6, 0.6]] * 2), "positive_map": torch.ones(2, 3, 3, dtype=torch.bool)}
+             "target_box": torch.tensor([[0.2, 0.2, 0.6, 0.6]] * 2),
+             "positive_map": torch.ones(2, 3, 3, dtype=torch.bool)}
     opt = torch.optim.SGD(engine.parameters(), lr=0.1)
     res = train_step(engine, opt, [batch], Runner("cpu"), trainable=list(engine.parameters()), grad_clip=1.0,
                      deepspeed=True)
@@ -324,7 +325,8 @@ def test_one_vs_two_processes_same_losses(train_module, sources, tmp_path):
 def test_deepspeed_zero2_step_and_resume(sources, tmp_path):
     pytest.importorskip("deepspeed")
     run = tmp_path / "ds"
-    cmd = [PY, str(ROOT / "scripts" / "train.py"), "--variant", "S-224", "--ds", str(ROOT / "ds_configs" / "zero2.json"),
+    cmd = [PY, str(ROOT / "scripts" / "train.py"), "--variant", "S-224",
+           "--ds", str(ROOT / "ds_configs" / "zero2.json"),
            *TINY, sources[0], "train.precision=bf16", "data.pairs_per_epoch=8", "train.global_batch=4",
            "train.micro_batch=2", "train.epochs=2", "train.save_every=0", f"train.output_dir={run}"]
     # The first DeepSpeed run on a machine JIT-builds an op (cached in ~/.cache/torch_extensions).

@@ -592,8 +592,8 @@ class ZeroStandIn(nn.Module):
     def gathered_working_set(self) -> int:
         """ZeRO-3: bytes of gathered parameters alive at once: one block's, plus the prefetch bucket."""
         blocks = getattr(self.module, "blocks", [self.module])
-        block = max(sum(round_block(p.numel() * p.element_size()) for p in b.parameters() if p.numel() > self.persistence)
-                    for b in blocks)
+        block = max(sum(round_block(p.numel() * p.element_size()) for p in b.parameters()
+                        if p.numel() > self.persistence) for b in blocks)
         prefetch = int(self.zero.get("stage3_prefetch_bucket_size", 5e7)) * torch.finfo(self.dtype).bits // 8
         live = int(self.zero.get("stage3_max_live_parameters", 1e9)) * torch.finfo(self.dtype).bits // 8
         return min(block + min(prefetch, block), live)
@@ -725,7 +725,8 @@ class DryRun:
                  f"{self.engine}, fake CUDA tensors, process group '{FAKE_NCCL}' (CUDA only), {self.seconds:.1f} s",
                  f"per rank memory: {ranks}: peak {m.peak / GiB:.2f} GiB "
                  f"(max_memory_allocated {m.allocated / GiB:.2f} GiB)",
-                 f"per rank FLOPs per step: {self.flops / 1e12:.3f} TFLOP (forward + backward: matmul, conv, attention)",
+                 f"per rank FLOPs per step: {self.flops / 1e12:.3f} TFLOP "
+                 "(forward + backward: matmul, conv, attention)",
                  f"per rank communication per step: all-reduce {format_bytes(self.all_reduce)}, "
                  f"reduce-scatter {format_bytes(self.reduce_scatter)}, all-gather {format_bytes(self.all_gather)}"]
         return "\n".join(lines)
@@ -755,7 +756,8 @@ def _trace(cfg: Config, world: int, ds: dict | None, accumulation: int) -> tuple
         if ds is not None:
             engine = ZeroStandIn(model, cfg, ds, world, accumulation)
             wrapped, runner, optimizer = engine, ZeroRunner(engine), engine.optimizer
-            name = f"DeepSpeed ZeRO-{engine.stage} (stand-in{', optimizer offloaded to CPU' if engine.host == 'cpu' else ''})"
+            offload = ", optimizer offloaded to CPU" if engine.host == "cpu" else ""
+            name = f"DeepSpeed ZeRO-{engine.stage} (stand-in{offload})"
         else:
             optimizer = _make_optimizer(model, cfg, mode)
             runner = LocalRunner("cuda", cfg.train.precision, accumulation)
@@ -830,7 +832,8 @@ def _term_adjustments(model: nn.Module, trainable: list[nn.Parameter], trainable
             if engine.stage == 3:  # partitioned: 1/world of each parameter above the persistence threshold
                 for key, params in (("frozen_weights", [p for p in model.parameters() if not p.requires_grad]),
                                     ("trainable_weights", trainable)):
-                    big = sum(round_block(p.numel() * p.element_size()) for p in params if p.numel() > engine.persistence)
+                    big = sum(round_block(p.numel() * p.element_size()) for p in params
+                              if p.numel() > engine.persistence)
                     terms[key] -= big - math.ceil(big / world)
         elif world > 1:
             # gradient_as_bucket_view: DDP's buckets hold every gradient, allocated once and kept.

@@ -9,8 +9,10 @@ a GPU are added here, each as narrow as it can be:
   fails without a GPU ("hasPrimaryContext expects a valid device index"). Fake CUDA tensors are
   therefore made without a device override at the C++ level (there they report the meta device,
   which the engine runs on its CPU queue); Python, and FakeTensorMode's device checks, still see
-  "cuda". Tensors the engine creates on that meta device are fake CUDA tensors too.
-* CUDA autocast: ``torch.autocast("cuda")`` switches itself off without a GPU; here it is allowed,
+  "cuda". Tensors the engine creates on that meta device are fake CUDA tensors too, and
+  ``Tensor.to``/``.cuda``/``.is_cuda``, which decide from the C++ device, answer as on a GPU.
+* CUDA autocast: ``torch.autocast("cuda")`` switches itself off without a GPU; here it is allowed
+  (and ``torch.cuda.synchronize``, which bitsandbytes' optimizers call, is a no-op),
   and the inputs of the functions that CUDA autocast runs in lower precision (linear, conv, matmul
   family, scaled_dot_product_attention) and in fp32 (layer_norm, group_norm, softmax,
   BCE-with-logits) are cast as autocast's own kernels would (``_cuda_autocast_casts``).
@@ -58,7 +60,8 @@ def _fake_cuda_tensors() -> Iterator[None]:
     # The signature must stay make_subclass's own (torch._dynamo checks it when it is imported).
     def _make_subclass(cls: Any, data: torch.Tensor, requires_grad: bool = False, **kwargs: Any) -> Any:
         dev = kwargs.get("device_for_backend_keys")
-        if isinstance(cls, type) and issubclass(cls, FakeTensor) and dev is not None and torch.device(dev).type == "cuda":
+        fake = isinstance(cls, type) and issubclass(cls, FakeTensor)
+        if fake and dev is not None and torch.device(dev).type == "cuda":
             kwargs["dispatch_device"] = False
         return make_subclass(cls, data, requires_grad, **kwargs)
 

@@ -84,7 +84,7 @@ def read_ds_config(path: str | Path) -> dict:
 
 def zero_stage(ds: dict | None) -> int:
     """The ZeRO stage of a DeepSpeed config (0 without DeepSpeed or without a zero_optimization section)."""
-    return int((ds or {}).get("zero_optimization", {}).get("stage", 0)) if ds is not None else 0
+    return int(ds.get("zero_optimization", {}).get("stage", 0)) if ds else 0
 
 
 def check_run(cfg: Config, ds: dict | None, device_type: str) -> None:
@@ -101,8 +101,8 @@ def check_run(cfg: Config, ds: dict | None, device_type: str) -> None:
         raise ConfigError(
             "model.trainable_dtype=bf16 would update bf16 weights with plain AdamW and no fp32 master copy: "
             "an update smaller than ~1/512 of a weight (~6e-5 for a LoRA weight of 0.02: the warm-up, the end of "
-            "the cosine, all weight decay) rounds to zero. Keep model.trainable_dtype=fp32 (bf16 autocast still computes in bf16), or train with "
-            "DeepSpeed (--ds), which keeps fp32 master weights")
+            "the cosine, all weight decay) rounds to zero. Keep model.trainable_dtype=fp32 (bf16 autocast still "
+            "computes in bf16), or train with DeepSpeed (--ds), which keeps fp32 master weights")
     if ds is not None and zero_stage(ds) == 3 and m.frozen_dtype in ("int8", "nf4"):
         raise ConfigError(
             f"model.frozen_dtype={m.frozen_dtype} with ZeRO-3 (--ds {t.ds_config or 'config'}): ZeRO-3 partitions "

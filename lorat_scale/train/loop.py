@@ -58,7 +58,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", default="S-224", help="variant preset: S, B, L or g with 224 or 378, e.g. L-224")
     p.add_argument("--config", help=argparse.SUPPRESS)  # the old name of --variant: a clear error below
     p.add_argument("--ds", default="", help="DeepSpeed JSON (ds_configs/zero2.json, zero3.json, ...); default DDP")
-    p.add_argument("--resume", default="", help="'auto' (the newest complete checkpoint of the run) or a checkpoint folder")
+    p.add_argument("--resume", default="",
+                   help="'auto' (the newest complete checkpoint of the run) or a checkpoint folder")
     p.add_argument("overrides", nargs="*", help="config overrides section.key=value, e.g. train.lr=5e-5")
 
 
@@ -122,8 +123,8 @@ def build_dataset(entries: list[str], dc, mc, micro: int, rank: int, world: int,
             raise ConfigError(f"data sources {entries}: data.shard_access=stream reads shards=... entries only")
         return ShardPairDataset(shards, dc, mc.template_size, mc.search_size, rank=rank, world_size=world,
                                 batch_size=micro, pairs_per_epoch=pairs_per_epoch, patch_size=mc.patch_size)
-    return PairDataset(load_sources(entries, dc.on_bad_sample, verbose=rank == 0, dc=dc), dc, mc.template_size, mc.search_size,
-                       pairs_per_epoch=pairs_per_epoch, rank=rank, world_size=world, patch_size=mc.patch_size)
+    return PairDataset(load_sources(entries, dc.on_bad_sample, verbose=rank == 0, dc=dc), dc, mc.template_size,
+                       mc.search_size, pairs_per_epoch=pairs_per_epoch, rank=rank, world_size=world, patch_size=mc.patch_size)
 
 
 # ----------------------------------------------------------------------------------------------
