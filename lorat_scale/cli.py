@@ -4,6 +4,7 @@
     lorat-scale train --variant L-224 data.train_sources=[...]   train or resume a run (lorat-scale train --help)
     lorat-scale dry-run --variant g-378 --batch 16 --world-size 512   one step on fake CUDA: memory, FLOPs, traffic
     lorat-scale info [--variants S-224,L-224]      parameters and MACs of each variant
+    lorat-scale config --variant L-224 train.lr=5e-5   every config key with its value and valid range
     lorat-scale demo                              track a few real frames with the sample weights
     lorat-scale estimate-memory --variant g-378 --batch 16 --memory-saving max
     lorat-scale make-shards --format lasot --root /data/LaSOT --out /data/shards/lasot-train
@@ -187,6 +188,26 @@ def _add_make_shards(p: argparse.ArgumentParser) -> None:
     p.add_argument("--on-error", choices=["raise", "skip"], default="raise",
                    help="malformed annotations and empty sequence folders: stop, or leave them out and report them")
     p.add_argument("--overwrite", action="store_true", help="discard an existing manifest with another plan")
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    """Print the resolved configuration of a variant with overrides: every key, its value and valid range."""
+    from .config import RULES, config_fields, describe_range, load_config
+
+    cfg = load_config(args.variant, args.overrides)
+    rows = [(key, repr(value), describe_range(hint)) for key, value, hint in config_fields(cfg)]
+    width = max(len(k) + len(v) for k, v, _ in rows) + 3
+    for key, value, rng in rows:
+        print((f"{key} = {value}".ljust(width) + (f"  # {rng}" if rng else "")).rstrip())
+    print("# rules between fields:")
+    for key, _, expected in (rule(cfg) for rule in RULES):
+        print(f"#   {key} must be {expected}")
+    return 0
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--variant", default="S-224", help="variant preset, e.g. L-224")
+    p.add_argument("overrides", nargs="*", help="config overrides as in training, e.g. train.lr=5e-5")
 
 
 def _add_info(p: argparse.ArgumentParser) -> None:
@@ -442,6 +463,8 @@ SUBCOMMANDS: dict[str, tuple] = {
     "dry-run": ("one training step on fake CUDA at any world size: per-rank memory, FLOPs, traffic",
                 _add_dry_run, _cmd_dry_run),
     "info": ("parameters and MACs of every variant", _add_info, _cmd_info),
+    "config": ("print a variant's configuration with overrides: every key, its value and valid range",
+               _add_config, _cmd_config),
     "quickstart": ("the main job: fine-tune on the sample data, track, evaluate, report", _add_quickstart,
                    _cmd_quickstart),
     "demo": ("track a few real frames with the sample-weights model", _add_demo, _cmd_demo),

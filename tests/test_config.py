@@ -22,7 +22,8 @@ def test_presets_cover_every_variant():
 
 def test_dotted_overrides_parse_types():
     cfg = load_config("L-224", ["train.lr=5e-5", "model.grad_checkpointing=true", "model.frozen_dtype=int8",
-                                "train.betas=0.9,0.95", "data.weights=1,2,1,1", "train.max_steps=12"])
+                                "train.betas=0.9,0.95", "data.weights=1,2,1,1", "train.max_steps=12",
+                                "data.train_sources=[lasot=/d/l,got10k=/d/g,trackingnet=/d/t,coco=/d/c]"])
     assert cfg.train.lr == 5e-5 and cfg.model.grad_checkpointing is True
     assert cfg.model.frozen_dtype == "int8" and cfg.train.betas == (0.9, 0.95)
     assert cfg.data.weights == [1.0, 2.0, 1.0, 1.0] and cfg.train.max_steps == 12
@@ -40,7 +41,7 @@ def test_dotted_overrides_parse_types():
         ("model=1", "config key 'model' is a section"),
         ("train.lr", "must look like section.key=value"),
         ("model.num_heads=5", "config key 'model.embed_dim' must be divisible by model.num_heads"),
-        ("model.drop_path=1.5", "config key 'model.drop_path' must be in [0, 1)"),
+        ("model.drop_path=1.5", "config key 'model.drop_path' must be a finite number in [0, 1); got 1.5"),
         ("model.search_size=225", "config key 'model.search_size' must be a multiple of model.patch_size"),
     ],
 )

@@ -240,14 +240,19 @@ def convert_checkpoint(src: str | Path, dst: str | Path, to: str, swiglu: bool =
         raise ValueError(f"to={to!r}: expected 'ours' or 'official'")
 
 
-def model_config_from_meta(meta: dict[str, str]) -> dict:
-    """The LoRA fields recorded in one of our checkpoints (for building a matching model)."""
-    out = {}
-    if "lora_r" in meta:
-        out["lora_r"] = int(meta["lora_r"])
-    if "lora_alpha" in meta:
-        out["lora_alpha"] = float(meta["lora_alpha"])
-    if "use_rslora" in meta:
-        out["use_rslora"] = meta["use_rslora"] == "True"
-    return out
+def model_config_from_meta(meta: dict[str, str], source: str = "checkpoint") -> dict:
+    """The LoRA fields recorded in one of our checkpoints (for building a matching model).
 
+    The values are only parsed here; ``config.config_from_dict`` checks their ranges. A value that is
+    not a number is a ``ConfigError`` naming ``source`` and the key.
+    """
+    from ..config import ConfigError
+
+    out: dict = {}
+    for key, parse in (("lora_r", int), ("lora_alpha", float), ("use_rslora", lambda v: v == "True")):
+        if key in meta:
+            try:
+                out[key] = parse(meta[key])
+            except ValueError:
+                raise ConfigError(f"{source}: metadata {key}={meta[key]!r} is not a {parse.__name__}") from None
+    return out
