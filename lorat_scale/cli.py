@@ -119,9 +119,14 @@ def _cmd_make_shards(args: argparse.Namespace) -> int:
     from .data.readers import DEFAULT_SPLIT, READERS, ReadReport
     from .data.shards import make_shards, parse_readers
 
+    from .outputs import check_outputs
+
     split = args.split or DEFAULT_SPLIT[args.format]
     kw = {k: v for k, v in (("testing_set", args.testing_set), ("split_file", args.split_file),
                             ("dataset", args.dataset)) if v}
+    # The shard folder is written (and rewritten on a rerun): never the dataset or inside it.
+    check_outputs({"--out": args.out}, {"--root": args.root, "--testing-set": args.testing_set,
+                                        "--split-file": args.split_file})
     try:
         readers = parse_readers(args.readers)
     except ValueError as e:
@@ -237,7 +242,9 @@ def _add_convert_checkpoint(p: argparse.ArgumentParser) -> None:
 def _cmd_export_onnx(args: argparse.Namespace) -> int:
     """Export the merged model to ONNX and check it against PyTorch with onnxruntime."""
     from .export.onnx import build_export_model, export_and_verify
+    from .outputs import check_outputs
 
+    check_outputs({"--out": args.out}, {"--checkpoint": args.checkpoint, "--backbone": args.backbone})
     model, cfg = build_export_model(args.variant, args.checkpoint, args.backbone, args.set)
     res = export_and_verify(model, args.out, cfg, opset=args.opset, dynamic_batch=not args.static_batch,
                             exporter=args.exporter)
@@ -301,8 +308,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     """Run a checkpoint over a benchmark (resumable, parallel, repeated), score it, write the report."""
     from .evaluation.benchmarks import get_benchmark, load_ground_truth, load_sequences
     from .evaluation.report import write_report
-    from .evaluation.results import list_runs, read_record, result_file
+    from .evaluation.results import list_runs, read_record, result_file, run_name
     from .evaluation.runner import LoRATFactory, default_param, evaluate_results, run_benchmark, write_submission
+    from .outputs import check_outputs
 
     try:
         b = get_benchmark(args.benchmark)
@@ -314,12 +322,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             factory = LoRATFactory(args.checkpoint, args.variant, args.backbone, args.device, list(args.override))
             record = factory.record()
         param = args.param or (default_param(record) if record else _only_param(args.results, args.tracker_name))
+        tdir = Path(args.results) / args.tracker_name
+        runs = {f"--results run folder {run_name(param, r)}": tdir / run_name(param, r) for r in range(repeat)}
+        check_outputs({**({} if args.no_run else runs), "--results report folder": tdir / f"report_{b.name}_{param}"},
+                      {"--checkpoint": args.checkpoint, "--backbone": args.backbone, "--root": args.root,
+                       **(runs if args.no_run else {})})
         if not args.no_run:
             seqs = load_sequences(b.name, args.root, args.sequences)
             run_benchmark(factory, seqs, args.results, args.tracker_name, param, repeat=repeat,
                           num_workers=args.num_workers, record=record)
         gts = load_ground_truth(b.name, args.root, args.sequences)
-        tdir = Path(args.results) / args.tracker_name
         if record is not None:
             for r in list_runs(args.results, args.tracker_name, param):
                 rec = read_record(tdir / r)
@@ -377,8 +389,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     """Table (Markdown, CSV) and OPE plots over several trackers' result folders."""
     from .evaluation.benchmarks import get_benchmark, load_ground_truth
     from .evaluation.report import markdown_table, write_report
-    from .evaluation.results import list_results
+    from .evaluation.results import list_results, list_runs
     from .evaluation.runner import evaluate_results
+    from .outputs import check_outputs
 
     try:
         b = get_benchmark(args.benchmark)
@@ -393,12 +406,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
                 raise ValueError(f"no results for {missing} under {args.results} (found {[f'{t}/{p}' for t, p in found]})")
         if not pairs:
             raise ValueError(f"no result folders under {args.results} (expected <tracker>/<param>_000/<seq>.txt)")
+        out = Path(args.out) if args.out else Path(args.results) / f"report_{b.name}"
+        read = {f"--results run folder {t}/{r}": Path(args.results) / t / r for t, p in pairs
+                for r in list_runs(args.results, t, p)}
+        check_outputs({"--out": out}, {"--root": args.root, **read})
         summaries = [evaluate_results(gts, args.results, t, p, c, b.name, length=args.length_mismatch)
                      for t, p in pairs for c in _conventions(args.convention, b)]
     except _USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else Path(args.results) / f"report_{b.name}"
     files = write_report(summaries, out, title=b.display)
     print(markdown_table(summaries))
     print("wrote " + ", ".join(str(p) for p in files.values()))
@@ -501,10 +517,11 @@ def main(argv: list[str] | None = None) -> int:
         p.set_defaults(func=func)
     args = parser.parse_args(argv)
     from .config import ConfigError
+    from .outputs import OutputError
 
     try:
         return int(args.func(args) or 0)
-    except ConfigError as e:  # a bad option or config value: one line, no traceback
+    except (ConfigError, OutputError) as e:  # a bad option, config value or output path: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
 

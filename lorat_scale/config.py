@@ -473,7 +473,7 @@ RULES: list[typing.Callable[[Config], tuple[str, bool, str]]] = [
                f">= train.global_batch ({c.train.global_batch}): an epoch holds at least one step"),
     lambda c: ("data.weights", not c.data.weights or len(c.data.weights) == len(c.data.train_sources),
                f"empty (equal weights) or one weight per entry of data.train_sources ({len(c.data.train_sources)})"),
-    lambda c: ("data.weights", not c.data.weights or sum(c.data.weights) > 0, "not all zero"),
+    lambda c: ("data.weights", not c.data.weights or sum(c.data.weights) > 0, "positive in sum (not all zero)"),
 ]
 
 
