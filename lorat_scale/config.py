@@ -297,6 +297,8 @@ def _parse_value(key: str, raw: str, typ: Any) -> Any:
         if origin in (list, tuple):
             items = [s for s in raw.strip("[]()").split(",") if s.strip()] if raw.strip("[]()") else []
             if origin is tuple:
+                if len(items) != len(args):
+                    raise ConfigError(f"config key {key!r} must hold {len(args)} comma-separated values; got {raw!r}")
                 return tuple(_parse_value(key, s.strip(), a) for s, a in zip(items, args, strict=True))
             return [_parse_value(key, s.strip(), args[0]) for s in items]
     except ConfigError:
