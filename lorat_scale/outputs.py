@@ -5,8 +5,8 @@ Every command that writes files (``lorat-scale train``, ``evaluate``, ``report``
 ...) does two things through this module:
 
 * ``check_outputs(outputs, inputs)`` before any work: an output that is one of the inputs (the same file
-  under another spelling, through a symlink or as a hard link), or a folder that nests with an input
-  folder, is refused with an ``OutputError`` naming both options and paths.
+  under another spelling, through a symlink or as a hard link), or lies inside an input folder, is
+  refused with an ``OutputError`` naming both options and paths.
 * every file is written through ``atomic_path`` (or ``write_atomic`` / ``atomic_open``): the writer
   fills a temporary file of the same name in a hidden sibling folder, and the file is renamed onto the
   final name only when the writer finished without an error, so an interrupted or failed run leaves the
@@ -32,7 +32,7 @@ __all__ = ["OutputError", "check_outputs", "atomic_path", "atomic_open", "write_
 
 
 class OutputError(ValueError):
-    """An output path that would overwrite or nest with one of the command's inputs, or cannot be written."""
+    """An output path that is one of the command's inputs or lies inside an input folder, or cannot be written."""
 
 
 # ------------------------------------------------------------------------------------------
@@ -64,9 +64,9 @@ def _lineage(p: Path) -> tuple[Path, list[tuple[int, int]]]:
 
 
 def _relation(out: Path, inp: Path) -> str | None:
-    """How ``out`` meets ``inp``: "is", "inside" (out within the folder inp), "contains" or None."""
+    """How ``out`` meets ``inp``: "is" (the same file or folder), "inside" (within the folder inp) or None."""
     out_real, out_up = _lineage(out)
-    in_real, in_up = _lineage(inp)
+    in_real = Path(os.path.realpath(inp))
     out_id, in_id = _identity(out_real), _identity(in_real)
     # The identity (device, inode) catches hard links, bind mounts and case-insensitive spellings
     # that a path comparison misses; the path comparison covers outputs that do not exist yet.
@@ -74,18 +74,18 @@ def _relation(out: Path, inp: Path) -> str | None:
         return "is"
     if in_real in out_real.parents or (in_id is not None and in_id in out_up):
         return "inside"
-    if out_real in in_real.parents or (out_id is not None and out_id in in_up):
-        return "contains"
     return None
 
 
 def check_outputs(outputs: Mapping[str, Any], inputs: Mapping[str, Any]) -> None:
-    """Refuse an output that is an input (any spelling, symlink, hard link) or nests with an input folder.
+    """Refuse an output that is an input (any spelling, symlink, hard link) or lies inside an input folder.
 
     ``outputs`` and ``inputs`` map the option that named a path (e.g. ``"--out"``) to the path; empty
     values, URLs and ``timm:`` names are skipped. Two outputs on one file are refused too. An output
-    folder inside an input folder is refused (the command would write into the dataset it reads), and
-    so is an input inside an output folder (the command may replace or prune what is there).
+    inside an input folder is refused because the command would write into the dataset it reads (and
+    the next read would find the output there). Outputs are the files and folders the command writes
+    or replaces, not the folder holding them: an input beside them (a checkpoint next to the results
+    of its evaluation) is fine.
     """
     outs = [(k, p) for k, v in outputs.items() if (p := _local(v)) is not None]
     ins = [(k, p) for k, v in inputs.items() if (p := _local(v)) is not None]
@@ -102,9 +102,6 @@ def check_outputs(outputs: Mapping[str, Any], inputs: Mapping[str, Any]) -> None
             if rel == "inside":
                 raise OutputError(f"{ko} {o} lies inside the input folder {ki} {i}: the output would be written "
                                   f"into what is read; choose a {ko} outside it")
-            if rel == "contains":
-                raise OutputError(f"the input {ki} {i} lies inside the output {ko} {o}, which this command "
-                                  f"writes and may replace; move the input or choose another {ko}")
 
 
 # ------------------------------------------------------------------------------------------
