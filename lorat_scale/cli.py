@@ -118,7 +118,6 @@ def _cmd_make_shards(args: argparse.Namespace) -> int:
     from .data.cache import fingerprint
     from .data.readers import DEFAULT_SPLIT, READERS, ReadReport
     from .data.shards import make_shards, parse_readers
-
     from .outputs import check_outputs
 
     split = args.split or DEFAULT_SPLIT[args.format]
@@ -323,10 +322,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             record = factory.record()
         param = args.param or (default_param(record) if record else _only_param(args.results, args.tracker_name))
         tdir = Path(args.results) / args.tracker_name
+        report_dir = tdir / f"report_{b.name}_{param}"
+        # The run folders are written by a run and read by --no-run; the report is always written.
         runs = {f"--results run folder {run_name(param, r)}": tdir / run_name(param, r) for r in range(repeat)}
-        check_outputs({**({} if args.no_run else runs), "--results report folder": tdir / f"report_{b.name}_{param}"},
-                      {"--checkpoint": args.checkpoint, "--backbone": args.backbone, "--root": args.root,
-                       **(runs if args.no_run else {})})
+        inputs = {"--checkpoint": args.checkpoint, "--backbone": args.backbone, "--root": args.root}
+        if args.no_run:
+            check_outputs({"--results report folder": report_dir}, inputs | runs)
+        else:
+            check_outputs({"--results report folder": report_dir} | runs, inputs)
         if not args.no_run:
             seqs = load_sequences(b.name, args.root, args.sequences)
             run_benchmark(factory, seqs, args.results, args.tracker_name, param, repeat=repeat,
@@ -355,7 +358,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         return 2
     for s in summaries:
         print(s)
-    files = write_report(summaries, tdir / f"report_{b.name}_{param}", title=f"{b.display}: {args.tracker_name}/{param}")
+    files = write_report(summaries, report_dir, title=f"{b.display}: {args.tracker_name}/{param}")
     print("wrote " + ", ".join(str(p) for p in files.values()))
     return 0
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from annotated_types import Ge, Gt, Interval, Le, Lt, MaxLen, MinLen, Predicate
+from annotated_types import Ge, Gt, Interval, Le, Lt, MinLen, Predicate
 
 
 class ConfigError(ValueError):
@@ -233,7 +233,8 @@ class TrackConfig:
     # evaluates under fp16 autocast on GPU; fp32 reproduces the golden files exactly.
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     compile: bool = False  # torch.compile the merged model
-    device: Annotated[str, Predicate(_device_name)] = "auto"  # "auto" = cuda if available else cpu; or "cpu", "cuda", "cuda:1", ...
+    # "auto" = cuda if available else cpu; or "cpu", "cuda", "cuda:1", ...
+    device: Annotated[str, Predicate(_device_name)] = "auto"
 
 
 @dataclass
@@ -372,8 +373,6 @@ def _describe(meta: Any) -> str:
             return f"{op} {_num(getattr(meta, attr))}"
     if isinstance(meta, MinLen):
         return "non-empty" if meta.min_length == 1 else f"at least {meta.min_length} long"
-    if isinstance(meta, MaxLen):
-        return f"at most {meta.max_length} long"
     if isinstance(meta, Predicate):
         # The docstring of a range's predicate says in words what it accepts.
         return (meta.func.__doc__ or meta.func.__name__).strip()
@@ -394,8 +393,6 @@ def _holds(value: Any, meta: Any) -> bool:
         return value <= meta.le
     if isinstance(meta, MinLen):
         return len(value) >= meta.min_length
-    if isinstance(meta, MaxLen):
-        return len(value) <= meta.max_length
     if isinstance(meta, Predicate):
         return bool(meta.func(value))
     raise TypeError(f"unsupported config range {meta!r}")
@@ -416,6 +413,11 @@ def describe_range(hint: Any) -> str:
     return words
 
 
+# bool is an int in Python, but ``true`` is no value for a count; an int is a fine float.
+_IS_TYPE = {bool: lambda v: isinstance(v, bool), int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+            float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), str: lambda v: isinstance(v, str)}
+
+
 def check_value(key: str, value: Any, hint: Any) -> None:
     """Type and declared range of one value; a ConfigError names the key, the value and the range."""
     base, meta = _split(hint)
@@ -432,10 +434,7 @@ def check_value(key: str, value: Any, hint: Any) -> None:
         for i, v in enumerate(value):
             check_value(f"{key}[{i}]", v, args[i] if origin is tuple else args[0])
         return
-    ok_type = {bool: lambda v: isinstance(v, bool), int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-               float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-               str: lambda v: isinstance(v, str)}[base]
-    if not ok_type(value):
+    if not _IS_TYPE[base](value):
         raise ConfigError(f"config key {key!r} must be of type {base.__name__}; got {value!r}")
     if (base is float and not math.isfinite(value)) or not all(_holds(value, m) for m in meta):
         raise ConfigError(f"config key {key!r} must be {describe_range(hint)}; got {value!r}")

@@ -122,7 +122,8 @@ def test_every_numeric_field_refuses_values_outside_its_range():
             if index is None:
                 override = f"{key}={bad}"
             elif key == "train.betas":
-                override = f"{key}=" + ",".join(str(bad) if i == index else str(v) for i, v in enumerate(cfg.train.betas))
+                betas = [bad if i == index else v for i, v in enumerate(cfg.train.betas)]
+                override = f"{key}={betas[0]},{betas[1]}"
             else:  # data.weights: one weight for one source
                 override = f"{key}=[{bad}]"
             with pytest.raises(ConfigError) as e:

@@ -33,7 +33,7 @@ from accelerate import Accelerator
 from accelerate.utils import DeepSpeedPlugin, DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from tqdm import tqdm
 
-from ..config import ConfigError, DataConfig, load_config
+from ..config import Config, ConfigError, DataConfig, load_config
 from ..data.cache import cached_read
 from ..data.pairs import PairDataset
 from ..data.readers import DatasetError, ReadReport, parse_source
@@ -134,7 +134,7 @@ def run_outputs(run_dir: Path) -> dict[str, Path]:
             for name in ("config.json", "metrics.jsonl", "model.safetensors", "checkpoints", "logs")}
 
 
-def run_inputs(cfg) -> dict[str, str]:
+def run_inputs(cfg: Config) -> dict[str, str]:
     """The files and folders a run reads: source roots and shard folders, backbone weights, DeepSpeed JSON."""
     found = {"model.backbone_weights": cfg.model.backbone_weights, "train.ds_config": cfg.train.ds_config}
     for key in ("train_sources", "val_sources"):
