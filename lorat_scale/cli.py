@@ -196,9 +196,10 @@ def _add_make_shards(p: argparse.ArgumentParser) -> None:
 
 def _cmd_config(args: argparse.Namespace) -> int:
     """Print the resolved configuration of a variant with overrides: every key, its value and valid range."""
-    from .config import RULES, config_fields, describe_range, load_config
+    from .config import RULES, apply_overrides, config_fields, describe_range, load_config, read_config
 
-    cfg = load_config(args.variant, args.overrides)
+    cfg = apply_overrides(read_config(args.from_json), args.overrides) if args.from_json else \
+        load_config(args.variant, args.overrides)
     rows = [(key, repr(value), describe_range(hint)) for key, value, hint in config_fields(cfg)]
     width = max(len(k) + len(v) for k, v, _ in rows) + 3
     for key, value, rng in rows:
@@ -211,6 +212,8 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", default="S-224", help="variant preset, e.g. L-224")
+    p.add_argument("--from", dest="from_json", default="", metavar="CONFIG_JSON",
+                   help="start from a saved configuration (a run's config.json) instead of a preset; checked the same")
     p.add_argument("overrides", nargs="*", help="config overrides as in training, e.g. train.lr=5e-5")
 
 

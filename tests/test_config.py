@@ -203,7 +203,7 @@ def test_training_stops_on_epochs_0_with_one_line(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_run_config_json_round_trips_and_is_checked(tmp_path):
+def test_run_config_json_round_trips_and_is_checked(tmp_path, capsys):
     cfg = load_config("L-378", ["train.lr=5e-5", "train.betas=0.9,0.95", "data.weights=[2]",
                                 "data.train_sources=[lasot=/d/LaSOT]"])
     p = tmp_path / "config.json"
@@ -225,6 +225,15 @@ def test_run_config_json_round_trips_and_is_checked(tmp_path):
     p.write_text('{"train": {"lr": 1e-4,\n "epochs": }}')
     with pytest.raises(ConfigError, match=rf"^{p}:2: not valid JSON"):
         read_config(p)
+    # the command line: print a saved configuration with overrides, checked the same way
+    p.write_text(cfg.to_json())
+    assert cli_main(["config", "--from", str(p), "train.epochs=3"]) == 0
+    assert "train.epochs = 3 " in capsys.readouterr().out
+    d = json.loads(cfg.to_json())
+    d["data"]["max_frame_gap"] = 0
+    p.write_text(json.dumps(d))
+    assert cli_main(["config", "--from", str(p)]) == 2
+    assert capsys.readouterr().err == f"error: {p}: config key 'data.max_frame_gap' must be >= 1; got 0\n"
 
 
 def test_checkpoint_metadata_is_checked(tmp_path):
