@@ -447,7 +447,7 @@ def prepare(frames: int = 100) -> None:
             cfg = resolve_config(variant, 16, overrides)
             estimates[f"{variant}|{set_name}|16"] = estimate(cfg, probe_depths=default_probes(cfg)).allocated
             print(f"estimate {variant} {set_name}: {estimates[f'{variant}|{set_name}|16'] / GiB:.2f} GiB", flush=True)
-    (CARRY / "estimates.json").write_text(json.dumps(estimates, indent=1))
+    write_atomic(CARRY / "estimates.json", json.dumps(estimates, indent=1))
     size = sum(f.stat().st_size for f in CARRY.rglob("*") if f.is_file())
     print(f"wrote {CARRY} ({size / 2**20:.1f} MiB)")
 
