@@ -245,7 +245,7 @@ def test_checkpoint_metadata_is_checked(tmp_path):
 
     for meta, message in [({"lora_r": "0"}, "config key 'model.lora_r' must be >= 1; got 0"),
                           ({"lora_alpha": "nan"}, "config key 'model.lora_alpha' must be a finite number > 0; got nan"),
-                          ({"lora_r": "sixty-four"}, "metadata lora_r='sixty-four' is not a int")]:
+                          ({"lora_r": "sixty-four"}, "metadata lora_r='sixty-four' is not an integer")]:
         ckpt = tmp_path / "model.safetensors"
         save_file({"x": torch.zeros(1)}, str(ckpt), metadata={"format": FORMAT, **meta})
         with pytest.raises(ConfigError) as e:

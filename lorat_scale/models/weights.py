@@ -252,10 +252,11 @@ def model_config_from_meta(meta: dict[str, str], source: str = "checkpoint") -> 
     from ..config import ConfigError
 
     out: dict = {}
-    for key, parse in (("lora_r", int), ("lora_alpha", float), ("use_rslora", lambda v: v == "True")):
+    for key, parse, what in (("lora_r", int, "an integer"), ("lora_alpha", float, "a number"),
+                             ("use_rslora", lambda v: v == "True", "True or False")):
         if key in meta:
             try:
                 out[key] = parse(meta[key])
             except ValueError:
-                raise ConfigError(f"{source}: metadata {key}={meta[key]!r} is not a {parse.__name__}") from None
+                raise ConfigError(f"{source}: metadata {key}={meta[key]!r} is not {what}") from None
     return out
