@@ -17,6 +17,15 @@ import sys
 from pathlib import Path
 
 
+def add_overrides(p: argparse.ArgumentParser, example: str = "train.lr=5e-5") -> None:
+    """Dotted configuration overrides, the one syntax of every command: ``section.key=value ...``."""
+    p.add_argument("overrides", nargs="*", metavar="section.key=value",
+                   help=f"configuration overrides, in any order with the options, e.g. {example}")
+    # The old spellings get a clear message instead of argparse's "unrecognized arguments".
+    for old in ("--set", "--override"):
+        p.add_argument(old, dest="old_" + old[2:], nargs="*", default=None, help=argparse.SUPPRESS)
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     """Print total/trainable/merged parameters and MACs (batch 1) of LoRAT variants."""
     from .config import VARIANTS
@@ -214,7 +223,7 @@ def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", default="S-224", help="variant preset, e.g. L-224")
     p.add_argument("--from", dest="from_json", default="", metavar="CONFIG_JSON",
                    help="start from a saved configuration (a run's config.json) instead of a preset; checked the same")
-    p.add_argument("overrides", nargs="*", help="config overrides as in training, e.g. train.lr=5e-5")
+    add_overrides(p)
 
 
 def _add_info(p: argparse.ArgumentParser) -> None:
@@ -247,7 +256,7 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
     from .outputs import check_outputs
 
     check_outputs({"--out": args.out}, {"--checkpoint": args.checkpoint, "--backbone": args.backbone})
-    model, cfg = build_export_model(args.variant, args.checkpoint, args.backbone, args.set)
+    model, cfg = build_export_model(args.variant, args.checkpoint, args.backbone, args.overrides)
     res = export_and_verify(model, args.out, cfg, opset=args.opset, dynamic_batch=not args.static_batch,
                             exporter=args.exporter)
     print(f"wrote {args.out} ({cfg.variant}, {args.exporter} exporter, opset {res['opset']}, "
@@ -271,7 +280,7 @@ def _add_export_onnx(p: argparse.ArgumentParser) -> None:
                    help="torchscript: fast, default; dynamo: torch.export-based (slow, needs onnxscript)")
     p.add_argument("--static-batch", action="store_true", help="fix the batch size to 2 (default: dynamic)")
     p.add_argument("--tol", type=float, default=1e-4, help="max allowed |onnxruntime - PyTorch|")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. model.depth=2")
+    add_overrides(p, "model.depth=2")
 
 
 def _add_evaluate(p: argparse.ArgumentParser) -> None:
@@ -282,7 +291,6 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", default=None, help="e.g. B-224 (default: from the checkpoint)")
     p.add_argument("--backbone", default="", help="frozen DINOv2 weights (default: from the config)")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (plain 'cuda' spreads workers over GPUs)")
-    p.add_argument("--override", action="append", default=[], help="config override key=value (repeatable)")
     p.add_argument("--results", default="results", help="results folder: <results>/<tracker>/<param>_000/<seq>.txt")
     p.add_argument("--tracker-name", default="lorat", help="tracker folder of the results (pytracking's name)")
     p.add_argument("--param", default="", help="run folder prefix (pytracking's parameter name); default: "
@@ -293,6 +301,7 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sequences", default="", help="comma-separated subset of sequence names")
     _add_scoring(p)
     p.add_argument("--no-run", action="store_true", help="only score existing result files (needs no frames)")
+    add_overrides(p, "track.search_scale=4.5")
 
 
 def _add_scoring(p: argparse.ArgumentParser) -> None:
@@ -321,7 +330,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         if not args.no_run and not args.checkpoint:
             raise ValueError("--checkpoint is needed to run the tracker (or pass --no-run to only score results)")
         if args.checkpoint:
-            factory = LoRATFactory(args.checkpoint, args.variant, args.backbone, args.device, list(args.override))
+            factory = LoRATFactory(args.checkpoint, args.variant, args.backbone, args.device, list(args.overrides))
             record = factory.record()
         param = args.param or (default_param(record) if record else _only_param(args.results, args.tracker_name))
         tdir = Path(args.results) / args.tracker_name
@@ -466,7 +475,7 @@ def _add_estimate_memory(p: argparse.ArgumentParser) -> None:
                    help="max: every memory-saving option, most headroom (applied before the overrides)")
     p.add_argument("--full-depth", action="store_true",
                    help="trace every block (default for L/g: trace 2 and 4 blocks and extrapolate; same result)")
-    p.add_argument("overrides", nargs="*", help="config overrides as in training, e.g. model.frozen_dtype=int8")
+    add_overrides(p, "model.frozen_dtype=int8")
 
 
 def _add_dry_run(p: argparse.ArgumentParser) -> None:
@@ -521,7 +530,16 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=help_text, add_help=func is not None)
         add_args(p)
         p.set_defaults(func=func)
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    command = sub.choices[args.command]
+    if "overrides" in args:  # options and overrides in any order: parse the subcommand's words again, intermixed
+        args = command.parse_intermixed_args(argv[argv.index(args.command) + 1:])
+        for old in ("set", "override"):
+            if getattr(args, "old_" + old) is not None:
+                words = " ".join(getattr(args, "old_" + old)) or "section.key=value"
+                command.error(f"--{old} is gone: write overrides as plain words after the options, e.g. {words}")
+    elif rest:
+        command.error("unrecognized arguments: " + " ".join(rest))
     from .config import ConfigError
     from .outputs import OutputError
 

@@ -263,3 +263,22 @@ def test_cli_config_prints_every_key_with_its_range(capsys):
     assert "#   train.min_lr must be <= the peak lr" in out
     assert cli_main(["config", "train.lr=-1"]) == 2
     assert capsys.readouterr().err == "error: config key 'train.lr' must be a finite number > 0; got -1.0\n"
+
+
+def test_one_override_syntax_on_every_command(capsys):
+    # dotted words anywhere among the options, the same on every command that takes a configuration
+    assert cli_main(["config", "train.lr=5e-5", "--variant", "B-224", "model.depth=3"]) == 0
+    out = capsys.readouterr().out
+    assert "train.lr = 5e-05 " in out and "model.depth = 3 " in out and "model.embed_dim = 768 " in out
+    # the old spellings get a message that says what to write instead, not "unrecognized arguments"
+    for command, old in [("export-onnx", "--set"), ("evaluate", "--override"), ("config", "--set")]:
+        required = ["--benchmark", "otb", "--root", "OTB100"] if command == "evaluate" else []
+        with pytest.raises(SystemExit) as e:
+            cli_main([command, *required, old, "model.depth=2"])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert err.endswith(f"lorat-scale {command}: error: {old} is gone: write overrides as plain words "
+                            "after the options, e.g. model.depth=2\n"), err
+    with pytest.raises(SystemExit):
+        cli_main(["info", "--bogus"])
+    assert capsys.readouterr().err.endswith("lorat-scale info: error: unrecognized arguments: --bogus\n")

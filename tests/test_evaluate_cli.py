@@ -58,7 +58,7 @@ def checkpoints(tmp_path_factory, golden) -> tuple[Path, Path, Path]:
 
 
 def _run(args: list[str]) -> int:
-    return main(["evaluate", "--variant", "S-224", "--override", "model.depth=2", "--device", "cpu"] + args)
+    return main(["evaluate", "--variant", "S-224", "--device", "cpu", "model.depth=2"] + args)
 
 
 def test_two_checkpoints_with_one_file_name_give_two_results(tmp_path, shared_data, checkpoints, capsys):

@@ -53,6 +53,6 @@ def test_refuses_unmerged_model(tmp_path):
 def test_cli_export_onnx(tmp_path, capsys):
     out = tmp_path / "cli.onnx"
     with pytest.warns(UserWarning, match="untrained"):
-        rc = main(["export-onnx", "--out", str(out), "--set", *TINY])
+        rc = main(["export-onnx", "--out", str(out), *TINY])
     assert rc == 0 and out.is_file()
     assert "onnxruntime vs PyTorch" in capsys.readouterr().out
