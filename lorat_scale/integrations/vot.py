@@ -69,12 +69,12 @@ def tracker_from_env(environ: dict[str, str] | None = None) -> Any:
 
 
 def _frame(images: dict) -> np.ndarray:
-    """The colour frame of a TraX request (a file path) as RGB uint8."""
-    from PIL import Image
+    """The colour frame of a TraX request (a file path) as RGB uint8, decoded as every other frame is."""
+    from ..data.decode import decode_image
 
     image = images.get("color") or next(iter(images.values()))
-    with Image.open(image.path()) as im:
-        return np.asarray(im.convert("RGB"))
+    with open(image.path(), "rb") as f:
+        return decode_image(f.read())
 
 
 def serve(tracker: Any, log: bool = False) -> None:
