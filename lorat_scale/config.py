@@ -143,7 +143,6 @@ class DataConfig:
     color_jitter: NonNegative = 0.4  # brightness/contrast/saturation strength (no hue)
     flip_prob: Probability = 0.5  # independent horizontal flip probability per image
     num_workers: Count0 = 4  # loader processes per rank
-    shuffle_buffer: Count0 = 2000  # webdataset shuffle buffer (samples)
     # How ``shards=`` sources are read (docs/DATA.md). "random": only the frames a pair uses, by byte range
     # (local/parallel file systems: pread; http(s) URLs: range requests); pairs identical to the raw folders'.
     # "stream": whole records in shard order (storage without random access; needs shards written with
