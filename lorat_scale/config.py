@@ -125,7 +125,7 @@ def _known_variant(v: str) -> bool:
 # --------------------------------------------------------------------------------------------
 @dataclass
 class DataConfig:
-    """Training data: sources, sampling, crops and augmentation (lorat_spec.md section 4)."""
+    """Training data: sources, sampling, crops and augmentation; defaults are the paper's."""
 
     # Sources: comma-free list of "name=path" entries or shard URL patterns (see README).
     train_sources: list[str] = field(default_factory=list)
@@ -179,7 +179,7 @@ class DataConfig:
 # --------------------------------------------------------------------------------------------
 @dataclass
 class TrainConfig:
-    """Optimisation recipe (lorat_spec.md section 4.4); defaults are the paper's."""
+    """Optimisation recipe; defaults are the paper's."""
 
     epochs: Count = 170  # 100 for the GOT-10k-only protocol
     global_batch: Count = 128  # summed over ranks and accumulation steps
@@ -222,7 +222,7 @@ class TrainConfig:
 # --------------------------------------------------------------------------------------------
 @dataclass
 class TrackConfig:
-    """Inference settings (lorat_spec.md section 5)."""
+    """Inference settings; defaults are the official tracker's."""
 
     window_penalty: Probability = 0.45  # Hann-window blend weight
     search_area_factor: Positive = 4.0  # 4 for *-224, 5 for *-378

@@ -1,4 +1,4 @@
-"""Augmentation ops checked on values (lorat_spec.md section 4.3)."""
+"""Augmentation ops checked on values (the official transform's formulas)."""
 from __future__ import annotations
 
 import math

@@ -368,7 +368,7 @@ def test_build_is_deterministic_in_init_seed():
 def test_meta_device_counts_match_paper():
     from lorat_scale.models.profile import count
 
-    # lorat_spec.md 6.3, [CALC] columns (the paper rounds them to 99/13/30, 336/32/103, 1216/80/1161)
+    # The paper's table of parameters and MACs, computed columns (the paper rounds them to 99/13/30, 336/32/103, 1216/80/1161)
     for variant, (total, trainable, macs) in {"B-224": (98.7, 12.99, 29.8), "L-224": (335.7, 32.52, 102.9),
                                               "g-378": (1215.7, 80.23, 1160.4)}.items():
         s = count(variant)

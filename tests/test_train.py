@@ -302,7 +302,7 @@ def test_one_vs_two_processes_same_losses(train_module, sources, tmp_path):
            str(ROOT / "scripts" / "train.py"), *common, "train.micro_batch=2", f"train.output_dir={two}"]
     proc = subprocess.run(cmd, env=sub_env(), cwd=ROOT, capture_output=True, text=True, timeout=150)
     m1, m2 = metrics(one), metrics(two)
-    # Judge on what the run wrote (gloo teardown can abort after a finished run: notes/stack.md).
+    # Judge on what the run wrote (gloo teardown can abort after a finished run).
     assert sorted(m2) == list(range(1, 5)), proc.stderr[-3000:]
     assert (two / "model.safetensors").is_file(), proc.stderr[-3000:]
     for s in range(1, 5):

@@ -1,4 +1,4 @@
-"""The LoRAT training criterion (lorat_spec.md 3.3): IoU-aware BCE on all cells + GIoU on positives.
+"""The LoRAT training criterion (the paper's loss, as the official code computes it): IoU-aware BCE on all cells + GIoU on positives.
 
     target[b,i,j] = IoU(pred box at (i,j), gt box)  at positive cells (no grad),  0 elsewhere
     bce  = sum over all cells of BCE-with-logits(score_map, target)            / N
@@ -14,7 +14,7 @@ holds when N is the mean number of positives per micro-batch over *all* ranks an
 of the optimizer step: ``positives_normalizer`` computes exactly that (the positive maps come from
 the data, so the count is known before any forward). Then the gradient, and the logged loss, do
 not depend on how the global batch is split over ranks and accumulation steps; for A = 1 it is
-the reference's rule. Matches /work/shared/golden/loss (tests/test_loss.py).
+the reference's rule. tests/test_loss.py checks it against the official implementation's tensors.
 """
 from __future__ import annotations
 

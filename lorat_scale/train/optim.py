@@ -1,4 +1,4 @@
-"""AdamW parameter groups and the learning-rate schedule of LoRAT (lorat_spec.md 4.4).
+"""AdamW parameter groups and the learning-rate schedule of LoRAT (the paper's recipe).
 
 Schedule (per optimizer step t, via timm's ``CosineLRScheduler`` with ``warmup_prefix=True``):
 

@@ -1,4 +1,4 @@
-"""Parsing, checks and cleaning shared by all readers (lorat_spec.md section 4.1).
+"""Parsing, checks and cleaning shared by all readers.
 
 Number lines are split with ``[,\\s]+`` because the benchmarks mix commas, spaces and tabs.
 
