@@ -20,10 +20,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lorat_scale.config import DataConfig  # noqa: E402
-from lorat_scale.data.pairs import PairDataset  # noqa: E402
-from lorat_scale.data.readers import READERS  # noqa: E402
-from lorat_scale.data.shards import load_shards, make_shards  # noqa: E402
+from lorat_scale.config import DataConfig
+from lorat_scale.data.pairs import PairDataset
+from lorat_scale.data.readers import READERS
+from lorat_scale.data.shards import load_shards, make_shards
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from lorat_scale.cli import main as cli_main  # noqa: E402
+from lorat_scale.cli import main as cli_main
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,15 +18,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout without install
 
-import torch  # noqa: E402
+import torch
 
-from lorat_scale.memory.estimate import GiB, default_probes, estimate, make_batch, resolve_config  # noqa: E402
+from lorat_scale.config import Config
+from lorat_scale.memory.estimate import GiB, default_probes, estimate, make_batch, resolve_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from memory_table import OPTION_SETS  # noqa: E402
+from memory_table import OPTION_SETS
 
 
-def measure(cfg) -> tuple[int, int]:
+def measure(cfg: Config) -> tuple[int, int]:
     """(max_memory_allocated, max_memory_reserved) of a steady-state training step on the GPU."""
     from lorat_scale.models import build_model
     from lorat_scale.train.optim import build_optimizer
@@ -47,7 +48,7 @@ def measure(cfg) -> tuple[int, int]:
     step()
     torch.cuda.synchronize()
     out = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
-    del model, opt, batches
+    model = opt = batches = None  # frees the GPU memory (the step closure holds these names)
     gc.collect()
     torch.cuda.empty_cache()
     return out

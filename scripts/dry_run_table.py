@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout without install
 
-from lorat_scale.config import VARIANTS  # noqa: E402
-from lorat_scale.memory.estimate import GiB, default_probes, dry_run, format_bytes, resolve_config  # noqa: E402
-from lorat_scale.train.distributed import read_ds_config  # noqa: E402
+from lorat_scale.config import VARIANTS
+from lorat_scale.memory.estimate import GiB, default_probes, dry_run, format_bytes, resolve_config
+from lorat_scale.train.distributed import read_ds_config
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # a checkout without `pip install`
-from lorat_scale.train.loop import main  # noqa: E402
+from lorat_scale.train.loop import main
 
 if __name__ == "__main__":
     sys.exit(main())

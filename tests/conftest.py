@@ -8,9 +8,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on a model hub in tests
 
-import torch  # noqa: E402
+import torch
 
-from lorat_scale import paths  # noqa: E402
+from lorat_scale import paths
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

@@ -72,7 +72,7 @@ def test_unknown_variant():
 def _numeric_fields():
     """(key, element index or None, element type with its ranges) of every int/float field and list/tuple item."""
     out = []
-    for key, value, hint in config_fields(get_preset("S-224")):
+    for key, _, hint in config_fields(get_preset("S-224")):
         base, meta = _split(hint)
         origin, args = typing.get_origin(base), typing.get_args(base)
         if origin in (list, tuple):

@@ -83,7 +83,8 @@ def test_two_checkpoints_with_one_file_name_give_two_results(tmp_path, shared_da
     again = capsys.readouterr().out
     assert "0 of 1 sequence runs to do" in again and line in again
     # Forcing runB into runA's folder is refused; nothing is mixed
-    pa = next(p[:-4] for p in params if str(a.resolve()) in (tmp_path / "res" / "lorat" / p / "lorat_run.json").read_text())
+    run_record = tmp_path / "res" / "lorat" / "{}" / "lorat_run.json"
+    pa = next(p[:-4] for p in params if str(a.resolve()) in Path(str(run_record).format(p)).read_text())
     assert _run(common + ["--checkpoint", str(b), "--param", pa]) == 2
     assert "holds results of another model" in capsys.readouterr().err
     # A checkpoint that does not exist is an error, also when only scoring

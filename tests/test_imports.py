@@ -94,7 +94,8 @@ def test_no_import_circles():
 def test_every_module_imports():
     # __main__ modules run their program when imported: that is their job, not an import to check.
     mods = sorted(m for m in _modules() if not m.endswith("__main__"))
-    code = "import importlib, sys\nnames = sys.stdin.read().split()\nfor m in names:\n    importlib.import_module(m)\nprint('ok', len(names))"
+    code = ("import importlib, sys\nnames = sys.stdin.read().split()\n"
+            "for m in names:\n    importlib.import_module(m)\nprint('ok', len(names))")
     out = subprocess.run([sys.executable, "-c", code], input="\n".join(mods), capture_output=True, text=True,
                          cwd=ROOT, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]

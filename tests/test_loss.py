@@ -103,6 +103,6 @@ def test_param_grads_match_golden(golden, case):
         got = params[name].grad
         assert got is not None, name
         tol = 1e-4 * float(g.abs().max())
-        torch.testing.assert_close(got, g, atol=tol, rtol=0, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(got, g, atol=tol, rtol=0, msg=lambda m, name=name: f"{name}: {m}")
     # Frozen parameters get no gradient.
     assert all(p.grad is None for p in model.parameters() if not p.requires_grad)

@@ -6,13 +6,13 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-import onnx  # noqa: E402
-import torch  # noqa: E402
+import onnx
+import torch
 
-from lorat_scale.cli import main  # noqa: E402
-from lorat_scale.config import get_preset  # noqa: E402
-from lorat_scale.export.onnx import export_and_verify  # noqa: E402
-from lorat_scale.models import build_model, merge_for_inference  # noqa: E402
+from lorat_scale.cli import main
+from lorat_scale.config import get_preset
+from lorat_scale.export.onnx import export_and_verify
+from lorat_scale.models import build_model, merge_for_inference
 
 TINY = ["model.embed_dim=48", "model.depth=2", "model.num_heads=2", "model.lora_r=4", "model.lora_alpha=8"]
 

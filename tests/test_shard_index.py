@@ -218,7 +218,8 @@ def test_killed_server_stops_training_with_a_clear_error(raw_and_shards, tmp_pat
         assert ds[0]["counters"]["bytes_read"] > 0  # served
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        with pytest.raises(StorageError, match=rf"{url}/lasot/shard-\d+\.tar.*gave up after 3 attempts.*connection refused"):
+        gave_up = rf"{url}/lasot/shard-\d+\.tar.*gave up after 3 attempts.*connection refused"
+        with pytest.raises(StorageError, match=gave_up):
             ds[1]
     finally:
         if proc.poll() is None:
@@ -244,7 +245,8 @@ def test_damaged_frame_is_a_counted_skip_losing_only_that_frame(tmp_path, shared
     make_shards([src], tmp_path / "sh", {"format": "custom"}, progress=False)
     (seq,) = load_shards(tmp_path / "sh")
     _damage(tmp_path / "sh", seq, 3, "flip")
-    with pytest.raises(BadImageError, match=r"shard-000000\.tar: bytes \d+-\d+ \(custom/seq0 frame 3\): crc32 mismatch"):
+    crc = r"shard-000000\.tar: bytes \d+-\d+ \(custom/seq0 frame 3\): crc32 mismatch"
+    with pytest.raises(BadImageError, match=crc):
         seq.read_bytes(3)
     assert seq.read_bytes(2) == open(src.frames[2], "rb").read()  # the other frames are intact
     cfg = DataConfig(max_frame_gap=8, pairs_per_epoch=40, seed=2)
@@ -286,7 +288,8 @@ def test_wrong_manifest_counts_are_refused(tmp_path, shared_data):
     m = read_manifest(out)
     m["shards"][0]["frames"] += 1
     write_manifest(out / "manifest.json", m)
-    with pytest.raises(ShardLayoutError, match=r"shards\[0\]\.frames \(shard-000000\.tar\): manifest says \d+, the index holds"):
+    counts = r"shards\[0\]\.frames \(shard-000000\.tar\): manifest says \d+, the index holds"
+    with pytest.raises(ShardLayoutError, match=counts):
         load_shards(out)
     m["shards"][0]["frames"] -= 1
     m["index"]["sequences"] = 5

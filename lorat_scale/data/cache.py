@@ -65,7 +65,8 @@ def fingerprint(root: str | os.PathLike, extra_files: list[str] = ()) -> str:
 
 def _cache_key(fmt: str, root: str, split: str, kwargs: dict[str, Any]) -> str:
     """Stable hash of what was asked (not of the data)."""
-    desc = json.dumps([CACHE_VERSION, fmt, os.path.abspath(root), split, sorted((k, str(v)) for k, v in kwargs.items())])
+    asked = sorted((k, str(v)) for k, v in kwargs.items())
+    desc = json.dumps([CACHE_VERSION, fmt, os.path.abspath(root), split, asked])
     return hashlib.sha256(desc.encode()).hexdigest()[:20]
 
 

@@ -341,7 +341,8 @@ def read_manifest(path: str | os.PathLike, reader: RangeReader | None = None) ->
         raise ShardLayoutError(f"{loc}: the manifest is not valid JSON ({e})") from None
     if m.get("format_version") != FORMAT_VERSION:
         raise ShardLayoutError(f"{loc}: shard format {m.get('format_version')}, this lorat_scale reads format "
-                               f"{FORMAT_VERSION} (plain tars + member index); rewrite them with `lorat-scale make-shards`")
+                               f"{FORMAT_VERSION} (plain tars + member index); rewrite them with "
+                               "lorat-scale make-shards")
     return m
 
 
@@ -725,8 +726,8 @@ def _split_spec(spec: str | os.PathLike) -> tuple[str, str | None]:
     return path, (base if sep else None)
 
 
-def load_shards(spec: str | os.PathLike, policy: RetryPolicy | None = None, verify_frames: bool = True,
-                max_frame_gap: int | None = None) -> list[Sequence]:
+def load_shards(spec: str | os.PathLike, policy: RetryPolicy | None = None,
+                verify_frames: bool = True) -> list[Sequence]:
     """The sequences of a shard source for random-access sampling, in the reader's order.
 
     ``spec``: a shard folder, its manifest, a folder URL (``http://host/shards/lasot``), or ``MANIFEST::BASE``

@@ -188,7 +188,8 @@ class ShardStream(torch.utils.data.IterableDataset):
             self.stats.add("records")
             yield from seqs
 
-    def _pipeline(self, urls: list[str], rank: int, world: int, worker: int, nw: int, rng_seed: list[int]) -> wds.DataPipeline:
+    def _pipeline(self, urls: list[str], rank: int, world: int, worker: int, nw: int,
+                  rng_seed: list[int]) -> wds.DataPipeline:
         """shards -> node split -> worker split -> tar samples -> decoded Sequences -> shuffled."""
         if self.worker_info is None:
             splitters = [wds.split_by_node, wds.split_by_worker]

@@ -203,9 +203,9 @@ class ShardPairDataset(torch.utils.data.IterableDataset):
             readers = self.world_size * self.lanes
             if len(s.urls) < readers:
                 raise ShardLayoutError(
-                    f"{s.name}: {len(s.urls)} shards for {self.world_size} ranks x {self.lanes} loader lanes = {readers} "
-                    f"stream readers: rewrite with make-shards --readers {self.world_size}x{self.lanes} (or more), or "
-                    "read them with data.shard_access=random (any number of readers)")
+                    f"{s.name}: {len(s.urls)} shards for {self.world_size} ranks x {self.lanes} loader lanes = "
+                    f"{readers} stream readers: rewrite with make-shards --readers {self.world_size}x{self.lanes} "
+                    "(or more), or read them with data.shard_access=random (any number of readers)")
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Select the epoch and the first rank-local sample to yield (= samples this rank already consumed)."""
@@ -394,7 +394,7 @@ class _Lane:
         position = j * ds.world_size + ds.rank
         seq, others = self._cursor(src).take()
         rng = np.random.default_rng([c.seed, ds.epoch, ds.rank, self.lane, position])
-        for k, window in enumerate([seq, *others]):
+        for window in [seq, *others]:
             try:
                 s = make_pair([window], c, rng, ds.template_size, ds.search_size, seq_index=0,
                               augment_images=ds.augment_images, patch_size=ds.patch_size)

@@ -392,7 +392,8 @@ def _got10k_centre_error(r1: np.ndarray, r2: np.ndarray, normalized: bool = Fals
     return np.sqrt(np.sum(np.power(d, 2), axis=-1))
 
 
-def _got10k_sequence(pred: np.ndarray, gt: np.ndarray, cover: np.ndarray | None, resolution, benchmark: str,
+def _got10k_sequence(pred: np.ndarray, gt: np.ndarray, cover: np.ndarray | None,
+                     resolution: tuple[int, int] | None, benchmark: str,
                      pad: int) -> dict[str, np.ndarray]:
     """ExperimentOTB/UAV123/LaSOT._calc_metrics + _calc_curves, or ExperimentGOT10k's IoUs."""
     boxes = _pad(pred.copy(), pad)

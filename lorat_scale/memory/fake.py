@@ -83,7 +83,7 @@ def _fake_cuda_tensors() -> Iterator[None]:
                           torch.preserve_format)
         return to(self, *args, **kwargs)
 
-    def _cuda(self: torch.Tensor, device: Any = None, non_blocking: bool = False, **kw: Any) -> torch.Tensor:
+    def _cuda(self: torch.Tensor, device: Any = None, non_blocking: bool = False, **_: Any) -> torch.Tensor:
         return _to(self, device or "cuda", non_blocking=non_blocking)
 
     with _patched(FakeTensor, _normalize_fake_device=staticmethod(_normalize)), \
@@ -310,7 +310,7 @@ def ddp_wrap(model: torch.nn.Module, **ddp_kwargs: Any) -> torch.nn.Module:
         ddp_module._verify_param_shape_across_processes = saved
 
     # No annotations: DDP checks them, and this module's postponed annotations would be strings.
-    def allreduce_hook(state, bucket):  # noqa: ANN001, ANN202
+    def allreduce_hook(state, bucket):  # noqa: ANN001, ANN202, ARG001 - DDP's hook signature
         buf = bucket.buffer()
         buf.div_(dist.get_world_size())
         dist.all_reduce(buf)

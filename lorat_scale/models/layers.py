@@ -7,6 +7,8 @@ timm's ``Attention``/``Block`` provide.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -130,7 +132,8 @@ class Block(nn.Module):
         return x + self.drop_path2(self._ffn_branch(x))
 
 
-def _batch_subset_residual(x: torch.Tensor, branch, rate: float) -> torch.Tensor:
+def _batch_subset_residual(x: torch.Tensor, branch: Callable[[torch.Tensor], torch.Tensor],
+                           rate: float) -> torch.Tensor:
     """x + branch on a random subset of floor(B(1-rate)) samples, rescaled by B/subset (DINOv2)."""
     b = x.shape[0]
     keep = max(int(b * (1 - rate)), 1)

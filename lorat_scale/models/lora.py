@@ -13,7 +13,7 @@ import torch
 # package is missing (it only speeds up 4-bit matmuls on CPU): every command would print it, --help included.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
-from peft import LoraConfig  # noqa: E402 - after the logger is quietened, inject_adapter_in_model
+from peft import LoraConfig, inject_adapter_in_model  # noqa: E402 - after the logger is quietened
 from peft.tuners.lora import LoraLayer  # noqa: E402
 from timm.layers import trunc_normal_  # noqa: E402
 from torch import nn  # noqa: E402

@@ -4,7 +4,7 @@ from .postprocess import hann_window, postprocess
 __all__ = ["hann_window", "postprocess", "Tracker", "BatchTracker"]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> type:
     """Import the tracker lazily (it pulls in the model and crop modules)."""
     if name in ("Tracker", "BatchTracker"):
         from . import tracker

@@ -1,4 +1,4 @@
-"""The LoRAT training criterion (the paper's loss, as the official code computes it): IoU-aware BCE on all cells + GIoU on positives.
+"""The LoRAT training criterion, as the official code computes it: IoU-aware BCE on all cells + GIoU on positives.
 
     target[b,i,j] = IoU(pred box at (i,j), gt box)  at positive cells (no grad),  0 elsewhere
     bce  = sum over all cells of BCE-with-logits(score_map, target)            / N

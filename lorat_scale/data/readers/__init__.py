@@ -18,7 +18,7 @@ Frames are checked for existence and readable headers here; pixels are checked w
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from ..sequence import Sequence
 from . import coco, custom, got10k, lasot, nfs, otb, tnl2k, trackingnet, uav123, vot
@@ -40,8 +40,8 @@ READERS: dict[str, Callable[..., list[Sequence]]] = {
 }
 
 # The split each format reads when none is given.
-DEFAULT_SPLIT = {"lasot": "train", "got10k": "train", "trackingnet": "train", "coco": "train2017", "custom": "train", "otb": "test",
-                 "vot": "test", "uav123": "test", "nfs": "test", "tnl2k": "test"}
+DEFAULT_SPLIT = {"lasot": "train", "got10k": "train", "trackingnet": "train", "coco": "train2017", "custom": "train",
+                 "otb": "test", "vot": "test", "uav123": "test", "nfs": "test", "tnl2k": "test"}
 
 
 def get_reader(fmt: str, where: str = "") -> Callable[..., list[Sequence]]:
@@ -63,7 +63,7 @@ def parse_source(entry: str) -> tuple[str, str, str]:
     return fmt, split or DEFAULT_SPLIT[fmt], root
 
 
-def read_dataset(fmt: str, root: str, split: str | None = None, **kwargs) -> list[Sequence]:
+def read_dataset(fmt: str, root: str, split: str | None = None, **kwargs: Any) -> list[Sequence]:
     """Read ``root`` with the reader named ``fmt`` (see ``READERS``)."""
     return get_reader(fmt)(root, split or DEFAULT_SPLIT[fmt], **kwargs)
 

@@ -60,7 +60,7 @@ class Problem:
 class DatasetError(ValueError):
     """Bad data met by a reader; ``problem`` holds the structured ``Problem``, the message its one line."""
 
-    def __init__(self, problem: Problem):
+    def __init__(self, problem: Problem) -> None:
         super().__init__(problem.message)
         self.problem = problem
 
@@ -181,11 +181,10 @@ def parse_flags(path: Path, on_error: OnError, report: ReadReport) -> np.ndarray
 
 def _nth_token_offset(text: str, j: int) -> int:
     """Character offset of the j-th token (only computed on the error path)."""
-    m = None
     for k, m in enumerate(re.finditer(r"[^,\s]+", text)):
         if k == j:
-            break
-    return m.start() if m else 0
+            return m.start()
+    return 0
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
