@@ -150,3 +150,20 @@ def test_evaluation_factory_builds_the_onnxruntime_tracker(golden, onnx_cache):
                            ["model.depth=2", "track.backend=onnxruntime", f"track.onnx_cache={onnx_cache}"])
     t = factory()
     assert t.backend == "onnxruntime" and t._runner.path.is_relative_to(onnx_cache)
+
+
+def test_static_int8_is_qdq_calibrated_on_given_crops(golden, shared_data, onnx_cache, tmp_path):
+    from lorat_scale.export.quantize import quantize_int8
+
+    frames = _crossing(str(shared_data / "otb" / "Crossing" / "img"))[:4]
+    t = _golden_tracker(golden, onnx_cache, backend="onnxruntime")
+    calib = []
+    for f in frames[1:]:
+        t.init(frames[0], CROSSING_INIT)
+        t.track(f)
+        calib.append((t.state.z[None].numpy(), t.last["search_input"].numpy(), t.state.mask[None].numpy()))
+    with pytest.raises(ValueError, match="calibration inputs"):
+        quantize_int8(t._runner.path, tmp_path / "none.onnx", "static", calibration=[])
+    out = quantize_int8(t._runner.path, tmp_path / "static.onnx", "static", calibration=calib)
+    ops = [n.op_type for n in onnx.load(str(out)).graph.node]
+    assert ops.count("DequantizeLinear") >= 14 and "MatMulInteger" not in ops  # QDQ, not dynamic

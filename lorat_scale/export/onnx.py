@@ -192,7 +192,8 @@ def model_fingerprint(model: LoRAT, **settings: object) -> str:
     h = hashlib.sha256()
     cfg = dataclasses.asdict(model.cfg)
     cfg.pop("backbone_weights", None)  # where the weights came from does not matter: they are hashed below
-    code = {m: hashlib.sha256(Path(importlib.import_module(m).__file__).read_bytes()).hexdigest() for m in _GRAPH_MODULES}
+    code = {m: hashlib.sha256(Path(importlib.import_module(m).__file__).read_bytes()).hexdigest()
+            for m in _GRAPH_MODULES}
     versions = {"torch": torch.__version__, "onnx": onnx.__version__, "python": sys.version.split()[0]}
     h.update(json.dumps({"config": cfg, "code": code, "versions": versions, "settings": settings},
                         sort_keys=True, default=str).encode())

@@ -49,7 +49,8 @@ def quantize_int8(src: str | Path, dst: str | Path, mode: str = "dynamic",
                   reduce_range: bool | None = None) -> Path:
     """Write an int8 version of the fp32 ONNX model ``src`` to ``dst`` (linear layers only)."""
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
+                                          quantize_static)
 
     if mode not in MODES:
         raise ValueError(f"int8 mode must be one of {MODES}, got {mode!r}")

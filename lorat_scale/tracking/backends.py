@@ -17,9 +17,10 @@ from __future__ import annotations
 import contextlib
 from typing import Protocol
 
+import numpy as np
 import torch
 
-from ..config import ConfigError
+from ..config import Config, ConfigError
 from ..models import LoRAT
 
 BACKENDS = ("torch", "onnxruntime")
@@ -74,11 +75,13 @@ class OnnxRuntimeRunner:
     """The merged model exported to ONNX (cached) and run by an ONNX Runtime session."""
 
     def __init__(self, model: LoRAT, device: torch.device, precision: str = "fp32", threads: int = 0,
-                 cache_dir: str = "", config=None) -> None:
+                 cache_dir: str = "", config: Config | None = None, int8_mode: str = "dynamic",
+                 calibration: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None) -> None:
         """Export (or reuse) the model, quantize it for ``precision="int8"``, open the session.
 
         ``threads``: ONNX Runtime's intra-op threads (0 = ``torch.get_num_threads()``, so one
-        setting governs both libraries in a process).
+        setting governs both libraries in a process). ``int8_mode``/``calibration``: see
+        ``lorat_scale.export.quantize`` (the tracker uses dynamic; static is the benchmark's comparison).
         """
         try:
             import onnxruntime as ort
@@ -92,7 +95,7 @@ class OnnxRuntimeRunner:
         if precision == "int8":
             from ..export.quantize import cached_int8
 
-            self.path = cached_int8(self.path, "dynamic")
+            self.path = cached_int8(self.path, int8_mode, calibration)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = threads or torch.get_num_threads()

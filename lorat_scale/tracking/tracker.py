@@ -178,7 +178,8 @@ class _TrackerBase:
         backbone). ``kwargs`` go to the constructor (device, precision, compile, backend).
         """
         if not path:
-            raise ValueError("from_checkpoint needs a checkpoint path (build Tracker(model, config) for an untrained head)")
+            raise ValueError("from_checkpoint needs a checkpoint path "
+                             "(Tracker(model, config) tracks with an untrained head)")
         model, config = load_model(path, variant=variant, backbone=backbone, config=config, overrides=overrides)
         return cls(model, config, **kwargs)
 
@@ -247,8 +248,8 @@ class _TrackerBase:
             # The clipped box is the next state unless it is degenerate or outside the frame.
             if b[2] > b[0] and b[3] > b[1] and b[2] > 0 and b[3] > 0 and b[0] < fw and b[1] < fh:
                 t.box = b.copy()
-        self.last = {"search_params": params_arr, "score_map": out["score_map"], "boxes": out["boxes"],
-                     "postprocess": res}
+        self.last = {"search_params": params_arr, "search_input": x, "score_map": out["score_map"],
+                     "boxes": out["boxes"], "postprocess": res}
         return boxes, scores
 
     def _run_model(self, z: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
