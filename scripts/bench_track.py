@@ -153,8 +153,8 @@ def build_row(row: Row, model: LoRAT, cfg: Config, frames: list[np.ndarray], box
     """The row's BatchTracker (export, quantization and calibration happen here, untimed)."""
     if row.precision == "int8-static":  # the benchmark's comparison row: QDQ int8 calibrated on sample crops
         bt = BatchTracker(model, cfg, device=row.device, backend="onnxruntime", precision="fp32", merge=False)
-        calib = [tuple(a.numpy() for a in model_inputs(bt, frames[i:] + frames[:i], box, 1))
-                 for i in range(len(frames) - 1)]
+        z, x, mask = (a.numpy() for a in model_inputs(bt, frames, box, len(frames) - 1))  # search frames 1..19
+        calib = [(z[i : i + 1], x[i : i + 1], mask[i : i + 1]) for i in range(len(z))]
         bt._runner = OnnxRuntimeRunner(model, bt.device, "int8", cfg.track.ort_threads, cfg.track.onnx_cache, cfg,
                                        int8_mode="static", calibration=calib)
     else:
