@@ -163,6 +163,21 @@ def build_row(row: Row, model: LoRAT, cfg: Config, frames: list[np.ndarray], box
     row.tracker = bt
 
 
+class SingleTarget:
+    """The ``init``/``track`` interface of ``Tracker`` over a row's BatchTracker (one target, same step)."""
+
+    def __init__(self, tracker: BatchTracker) -> None:
+        self.tracker = tracker
+
+    def init(self, frame: np.ndarray, box: np.ndarray) -> None:
+        """Start the one target."""
+        self.tracker.init("target", frame, box)
+
+    def track(self, frame: np.ndarray) -> tuple[np.ndarray, float]:
+        """Box and score on the next frame."""
+        return self.tracker.track({"target": frame})["target"]
+
+
 def accuracy(rows: list[Row], data: Path, names: list[str], results: Path) -> None:
     """Each row tracks the sample sequences (OPE as ``lorat-scale evaluate``); AUC and boxes per sequence."""
     from lorat_scale.data.readers import lasot
@@ -183,8 +198,8 @@ def accuracy(rows: list[Row], data: Path, names: list[str], results: Path) -> No
     for row in rows:
         tag = row.name.replace(" ", "_").replace("+", "")
         t0 = time.perf_counter()
-        tracker = row.tracker
-        run_benchmark(lambda: tracker, seqs, results, tag, log=None)  # noqa: B023 - called at once
+        single = SingleTarget(row.tracker)
+        run_benchmark(lambda: single, seqs, results, tag, log=None)  # noqa: B023 - called at once
         summary = evaluate_results(seqs, results, tag)
         row.auc = {m.name: 100.0 * m.auc for m in summary.sequences}
         for s in seqs:
