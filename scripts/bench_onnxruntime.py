@@ -141,7 +141,33 @@ def main(argv: list[str] | None = None) -> int:
         db = max(float(np.abs(o[1] - r[1]).max()) for o, r in zip(outs, ref[1])) * cfg.model.search_size
         print(f"{name:30} " + " ".join(cells) + f" {ds:12.4f} {db:13.3f}")
     print("x = speed relative to 'fp32 level all (backend)' at the same batch; box px in search-crop pixels")
+    for name in ("fp32 level all (backend)", "int8 dynamic (backend)"):
+        shares = op_profile(variants[name][0], inputs[1], threads, tmp)
+        print(f"time by operator, {name}, batch 1: " + ", ".join(f"{k} {v:.0f}%" for k, v in shares[:8]))
     return 0
+
+
+def op_profile(path: Path, feeds: dict[str, np.ndarray], threads: int, tmp: Path) -> list[tuple[str, float]]:
+    """Share of kernel time per operator type (ONNX Runtime's profiler over 4 runs)."""
+    import json
+    from collections import Counter
+
+    import onnxruntime as ort
+
+    o = ort.SessionOptions()
+    o.intra_op_num_threads = threads
+    o.enable_profiling = True
+    o.profile_file_prefix = str(tmp / "profile")
+    s = ort.InferenceSession(str(path), o, providers=["CPUExecutionProvider"])
+    for _ in range(4):
+        s.run(OUTPUT_NAMES, feeds)
+    events = json.loads(Path(s.end_profiling()).read_text())
+    per_op: Counter[str] = Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            per_op[e["args"]["op_name"]] += e["dur"]
+    total = sum(per_op.values()) or 1
+    return [(k, 100.0 * v / total) for k, v in per_op.most_common()]
 
 
 if __name__ == "__main__":

@@ -15,7 +15,10 @@ frames, normalization, forward, post-processing, state update; decoding excluded
 and ``--batch``. FPS = frames (targets x steps) per second from the median step time. Rows are
 measured in ``--rounds`` interleaved rounds (every row once per round, in a rotating order) so a
 load change on a shared machine hits all rows alike; the load average is printed before and after.
-Weights do not change speed; the default is the sample ViT-S/14 backbone with an untrained head.
+``e2e f/CPU-s`` is end-to-end frames per CPU-second of this process: with ``--threads 1`` it is what
+one idle core would give, steady however busy the machine is (with more threads it also counts
+threads spinning while they wait). Weights do not change speed; the default is the sample ViT-S/14
+backbone with an untrained head.
 
 Accuracy. Each row tracks the sample sequences (OPE through ``evaluation.runner`` as
 ``lorat-scale evaluate`` does; result files under ``--results``): AUC per sequence (stark
@@ -63,6 +66,7 @@ class Row:
     tracker: BatchTracker | None = None
     model_s: dict[int, list[float]] = field(default_factory=dict)
     e2e_s: dict[int, list[float]] = field(default_factory=dict)
+    e2e_cpu_s: dict[int, list[float]] = field(default_factory=dict)  # CPU time of this process per step
     auc: dict[str, float] = field(default_factory=dict)
     boxes: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -132,21 +136,22 @@ def time_model(tracker: BatchTracker, inputs, warmup: int, iters: int) -> list[f
 
 
 def time_end_to_end(tracker: BatchTracker, frames: list[np.ndarray], box: np.ndarray, batch: int,
-                    warmup: int, iters: int) -> list[float]:
-    """Seconds per ``BatchTracker.track`` step over ``batch`` targets on real frames."""
+                    warmup: int, iters: int) -> tuple[list[float], list[float]]:
+    """Wall and process-CPU seconds per ``BatchTracker.track`` step over ``batch`` targets on real frames."""
     for k in range(batch):
         tracker.init(k, frames[0], box)
     frame_at = [frames[1 + i % (len(frames) - 1)] for i in range(warmup + iters)]
     for i in range(warmup):
         tracker.track({k: frame_at[i] for k in range(batch)})
-    times = []
+    times, cpu = [], []
     for i in range(warmup, warmup + iters):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         tracker.track({k: frame_at[i] for k in range(batch)})  # boxes come back to the host: synchronizes
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     for k in range(batch):
         tracker.remove(k)
-    return times
+    return times, cpu
 
 
 def build_row(row: Row, model: LoRAT, cfg: Config, frames: list[np.ndarray], box: np.ndarray) -> None:
@@ -228,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.batch < 1 or args.rounds < 1:
         p.error("--batch and --rounds must be >= 1")
+    if args.results and Path(args.results).is_dir() and any(Path(args.results).iterdir()):
+        # The runner resumes from existing result files: old ones would be reported as measured now.
+        p.error(f"--results {args.results} is not empty: give a new folder")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -294,7 +302,9 @@ def main(argv: list[str] | None = None) -> int:
                 # The first round also warms up compiled graphs (torch.compile compiles on first use).
                 warmup = (2 if cpu else 10) if rnd == 0 else 1
                 row.model_s.setdefault(b, []).extend(time_model(row.tracker, inputs[row.name, b], warmup, iters))
-                row.e2e_s.setdefault(b, []).extend(time_end_to_end(row.tracker, frames, box, b, warmup, iters))
+                wall, cpu = time_end_to_end(row.tracker, frames, box, b, warmup, iters)
+                row.e2e_s.setdefault(b, []).extend(wall)
+                row.e2e_cpu_s.setdefault(b, []).extend(cpu)
         print(f"  round {rnd + 1}/{args.rounds} done (load average {os.getloadavg()[0]:.2f})", flush=True)
     load_after = os.getloadavg()
 
@@ -314,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nload average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f} on {os.cpu_count()} cores "
           f"(shared machine: absolute fps move with the load; compare the ratios, measured in the same rounds)")
     head = (f"{'row':32} {'batch':>5} {'model fps':>9} {'e2e fps':>8} {'e2e/model':>9} {'model x':>7} {'e2e x':>6}"
-            f"  {'AUC':>5} {'box diff px: median':>19} {'p90':>6} {'max':>7}")
+            f" {'e2e f/CPU-s':>11} {'x':>5}  {'AUC':>5} {'box diff px: median':>19} {'p90':>6} {'max':>7}")
     print(head)
     for row in rows:
         r0 = ref[row.device]
@@ -322,7 +332,9 @@ def main(argv: list[str] | None = None) -> int:
             m, e = fps(row, "model_s", b), fps(row, "e2e_s", b)
             mx = f"{m / fps(r0, 'model_s', b):7.2f}" if r0 else f"{'-':>7}"
             ex = f"{e / fps(r0, 'e2e_s', b):6.2f}" if r0 else f"{'-':>6}"
-            line = f"{row.name:32} {b:5d} {m:9.2f} {e:8.2f} {e / m:9.3f} {mx} {ex}"
+            c = fps(row, "e2e_cpu_s", b)
+            cx = f"{c / fps(r0, 'e2e_cpu_s', b):5.2f}" if r0 else f"{'-':>5}"
+            line = f"{row.name:32} {b:5d} {m:9.2f} {e:8.2f} {e / m:9.3f} {mx} {ex} {c:11.2f} {cx}"
             if b == 1 and row.auc:
                 auc = float(np.mean(list(row.auc.values())))
                 if r0 and r0.boxes:
@@ -333,11 +345,16 @@ def main(argv: list[str] | None = None) -> int:
             print(line)
     if rows[0].auc:
         seq_names = list(rows[0].auc)
-        print(f"\nAUC (stark convention, %) per sequence; box diff = per-frame max |coordinate - torch fp32| (px)")
-        print(f"{'row':32} " + " ".join(f"{n:>12}" for n in seq_names) + f" {'mean':>6}")
+        print("\nper sequence: AUC (stark convention, %) / median box diff (px; per frame the largest coordinate "
+              "difference from torch fp32)")
+        print(f"{'row':32} " + " ".join(f"{n:>18}" for n in seq_names) + f" {'mean AUC':>8}")
         for row in rows:
-            print(f"{row.name:32} " + " ".join(f"{row.auc[n]:12.1f}" for n in seq_names)
-                  + f" {np.mean(list(row.auc.values())):6.1f}")
+            r0 = ref[row.device]
+            cells = []
+            for n in seq_names:
+                d = f"{np.median(np.abs(row.boxes[n] - r0.boxes[n]).max(1)):7.2f}" if r0 and r0.boxes else f"{'-':>7}"
+                cells.append(f"{row.auc[n]:8.1f} /{d}")
+            print(f"{row.name:32} " + " ".join(f"{c:>18}" for c in cells) + f" {np.mean(list(row.auc.values())):8.1f}")
     default = ref["cpu"] or ref["cuda"] or rows[0]
     ratio = fps(default, "e2e_s", 1) / fps(default, "model_s", 1)
     print(f"(ratio below: {args.variant}, {default.name}, batch 1)")
