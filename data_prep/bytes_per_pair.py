@@ -1,11 +1,13 @@
-"""Measure shard bytes read per training pair for several record layouts (figures in docs/DATA.md).
+"""Measure shard bytes read per training pair, streamed record layouts vs. random access (docs/DATA.md).
 
-    python data_prep/bytes_per_pair.py --format lasot --root ../shared/data/lasot --split all
+    python data_prep/bytes_per_pair.py --format lasot --root ../shared/data/lasot --split all --tile-to 2500
 
-For each layout it writes real shards of the given sequences into a temporary folder and reports
-the tar bytes per record and the bytes read per pair when (a) every record is streamed once per
-epoch and the epoch draws ``--pairs-per-frame`` pairs per valid frame, (b) each record visit
-yields ``k`` pairs. "per-frame" is the random-access alternative (2 frames per pair + tar headers).
+For each streamed layout (records of ``core`` frames + ``margin`` each side, read whole) it writes real shards
+of the given sequences into a temporary folder and reports the tar bytes per record and the bytes read per
+pair when (a) every record is streamed once per epoch and the epoch draws ``--pairs-per-frame`` pairs per
+valid frame, (b) each record visit yields ``k`` pairs. The last row is the random-access layout (format 2,
+the training default): measured by drawing ``--pairs`` LoRAT pairs through ``load_shards`` + ``PairDataset``
+and counting the bytes each pair read, plus the index's bytes per stored frame (read once per process).
 """
 from __future__ import annotations
 
@@ -18,8 +20,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from lorat_scale.config import DataConfig  # noqa: E402
+from lorat_scale.data.pairs import PairDataset  # noqa: E402
 from lorat_scale.data.readers import READERS  # noqa: E402
-from lorat_scale.data.shards import make_shards  # noqa: E402
+from lorat_scale.data.shards import load_shards, make_shards  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="all")
     p.add_argument("--pairs-per-frame", type=float, default=32768 / 2.81e6,
                    help="pairs drawn per valid frame per epoch (LaSOT train: 32,768 / 2.81M frames)")
+    p.add_argument("--pairs", type=int, default=200, help="pairs drawn to measure the random-access row")
     p.add_argument("--tile-to", type=int, default=0,
                    help="repeat each sequence's frames up to this length (model long videos from a short sample)")
     a = p.parse_args(argv)
@@ -48,16 +53,23 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name, core, margin in layouts:
             m = make_shards(seqs, Path(tmp) / name.replace(" ", "_"), {"format": a.format}, core=core,
-                            margin=margin, progress=False)
+                            margin=margin, progress=False, num_workers=1)
             t = m["totals"]
             per_rec = t["bytes"] / t["records"]
             full = t["bytes"] / (frames * a.pairs_per_frame)
             ks = ", ".join(f"{per_rec / k / 1024:.0f}" for k in (1, 4, 16))
             print(f"{name:18s} {t['records']:8d} {per_rec / 2**20:11.2f} {t['frames'] / t['records']:14.1f} "
                   f"{full / 2**20:20.2f}  {ks}")
-    per_frame = 2 * (raw / frames + 1024)  # two frames + their tar header/padding (~1 KiB each)
-    print(f"{'per-frame access':18s} {'-':>8s} {'-':>11s} {'1':>14s} {per_frame / 2**20:20.3f}  "
-          f"{per_frame / 1024:.0f} (any k)")
+        out = Path(tmp) / "random_access"
+        m = make_shards(seqs, out, {"format": a.format}, core=400, margin=0, progress=False)
+        ds = PairDataset([load_shards(out)], DataConfig(pairs_per_epoch=a.pairs), 56, 112, augment_images=False)
+        got = [ds[i]["counters"] for i in range(a.pairs)]
+        per_pair = sum(c["bytes_read"] for c in got) / a.pairs
+        idx = (out / "index.npz").stat().st_size / m["index"]["frames"]
+        t = m["totals"]
+        print(f"{'random access (2)':18s} {t['records']:8d} {t['bytes'] / t['records'] / 2**20:11.2f} "
+              f"{t['frames'] / t['records']:14.1f} {per_pair / 2**20:20.3f}  {per_pair / 1024:.0f} (any k; "
+              f"{np.mean([c['frames_read'] for c in got]):.2f} frames/pair; index {idx:.0f} B/frame, read once)")
     return 0
 
 

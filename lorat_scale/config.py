@@ -3,7 +3,7 @@
 Every option is documented where it is defined. Presets exist for each LoRAT variant
 (S/B/L/g x 224/378); any field can be overridden from the command line with a dotted key:
 
-    python scripts/train.py --config L-224 train.lr=5e-5 model.grad_checkpointing=true
+    lorat-scale train --variant L-224 train.lr=5e-5 model.grad_checkpointing=true
 
 Unknown keys and values of the wrong type raise a ``ConfigError`` that names the key.
 """
@@ -99,6 +99,20 @@ class DataConfig:
     flip_prob: float = 0.5  # independent horizontal flip probability per image
     num_workers: int = 4  # loader processes per rank
     shuffle_buffer: int = 2000  # webdataset shuffle buffer (samples)
+    # How ``shards=`` sources are read (docs/DATA.md). "random": only the frames a pair uses, by byte range
+    # (local/parallel file systems: pread; http(s) URLs: range requests); pairs identical to the raw folders'.
+    # "stream": whole records in shard order (storage without random access; needs shards written with
+    # --margin >= max_frame_gap and at least ranks x num_workers shards).
+    shard_access: Literal["random", "stream"] = "random"
+    verify_frames: bool = True  # random access: check each frame read against its crc32 in the index (~25 us/100 kB)
+    # Decode JPEGs at 1/2, 1/4 or 1/8 size (libjpeg DCT scaling) when the crop shrinks the frame at least that
+    # much. Faster on large frames, not bit-exact (scripts/bench_data.py prints the largest pixel difference).
+    reduced_decode: bool = False
+    # Reading shards over the network or a parallel file system: retries of a failed read (>= 0), the first
+    # backoff in seconds (> 0; doubles per retry, capped at 30 s) and the connect/read timeout in seconds (> 0).
+    io_retries: int = 5
+    io_backoff: float = 0.5
+    io_timeout: float = 30.0
     # Shard stream (lorat_scale/data/stream.py): its items are whole sequence windows holding up to
     # ~400 frames of JPEG bytes (tens of MB), so its shuffle buffer is counted in windows and small;
     # records are also shuffled across shards when written.
@@ -109,7 +123,10 @@ class DataConfig:
     stream_pairs_per_record: float = 4.0
     stream_open_records: int = 4
     check_images: bool = True  # stream: reject truncated/non-image frame bytes (header + end marker; no decode)
-    on_bad_sample: Literal["skip", "raise"] = "skip"  # corrupt JPEG / bad box / truncated shard
+    # Bad data: a frame failing the strict decode or of another size than its sequence, a bad box, a
+    # truncated shard, and the readers' problems (malformed lines, missing or unreadable frames).
+    # "skip": left out, counted and logged with its file; "raise": stop at the first, naming it.
+    on_bad_sample: Literal["skip", "raise"] = "skip"
     seed: int = 0  # the pair stream is a function of (seed, epoch, position)
 
 
@@ -137,7 +154,11 @@ class TrainConfig:
     optimizer: Literal["adamw", "adamw8bit"] = "adamw"  # adamw8bit: bitsandbytes, changes numerics
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"  # fp16: CUDA only (loss scaling)
     compile: bool = False  # torch.compile the training model
-    max_bad_steps: int = 10  # consecutive non-finite losses before the run stops
+    # A non-finite loss (on any rank): "stop" (the paper's NaN guard) writes nonfinite_step_N/ (the
+    # batch's pair keys, the loss parts, the trainable weights) to the run directory and stops;
+    # "skip" drops the update and stops only after train.max_bad_steps skipped steps in a row.
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    max_bad_steps: int = 10  # with on_nonfinite=skip: consecutive skipped steps before the run stops
     output_dir: str = "runs/default"
     save_every: int = 1000  # steps between checkpoints
     keep_checkpoints: int = 3
@@ -145,9 +166,9 @@ class TrainConfig:
     val_every: int = 1000  # steps between validation-loss runs (0 = off)
     max_steps: int = 0  # stop after N optimizer steps (0 = epochs * steps_per_epoch)
     seed: int = 0
-    tracker: Literal["tensorboard", "wandb", "none"] = "tensorboard"
-    wandb_project: str = "lorat_scale"  # used when tracker = "wandb"
-    ds_config: str = ""  # DeepSpeed JSON (scripts/train.py --ds); "" = DDP / single process
+    log_with: Literal["tensorboard", "wandb", "none"] = "tensorboard"  # experiment logger (accelerate's log_with)
+    wandb_project: str = "lorat_scale"  # used when log_with = "wandb"
+    ds_config: str = ""  # DeepSpeed JSON (lorat-scale train --ds); "" = DDP / single process
     val_batches: int = 0  # micro-batches per rank per validation run (0 = all val_pairs_per_epoch)
     log_pairs: bool = False  # write each rank's pair indices/keys per step to pairs_rank{r}.jsonl (debug, tests)
 
@@ -246,12 +267,18 @@ def _parse_value(key: str, raw: str, typ: Any) -> Any:
     raise ConfigError(f"config key {key!r}: unsupported type {typ}")
 
 
+# Keys that were renamed: the error names the new one.
+RENAMED = {"train.tracker": "train.log_with"}
+
+
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     """Apply ``section.key=value`` overrides in place; unknown keys raise ConfigError."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         key, raw = item.split("=", 1)
+        if key in RENAMED:
+            raise ConfigError(f"config key {key!r} was renamed {RENAMED[key]!r}: use {RENAMED[key]}={raw}")
         node: Any = cfg
         parts = key.split(".")
         for i, name in enumerate(parts):

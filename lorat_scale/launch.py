@@ -1,16 +1,21 @@
 """Render the ``accelerate launch`` command of one node from its SLURM environment.
 
 Run once per node (``srun --ntasks-per-node=1``); it reads the SLURM variables, picks the first
-host of the allocation as the rendezvous address and execs:
+host of the allocation as the rendezvous address and execs, with the interpreter that runs it:
 
-    accelerate launch --num_machines N --machine_rank NODEID --main_process_ip HOST0
-        --main_process_port PORT --num_processes N*GPUS [--multi_gpu] scripts/train.py ARGS...
+    PYTHON -m accelerate.commands.launch --num_machines N --machine_rank NODEID --main_process_ip HOST0
+        --main_process_port PORT --num_processes N*GPUS [--multi_gpu] [--num_cpu_threads_per_process T] ARGS...
 
-    srun --ntasks-per-node=1 python -m lorat_scale.launch -- scripts/train.py --config L-224 --ds ds_configs/zero2.json
+    srun --ntasks-per-node=1 --cpus-per-task=$SLURM_CPUS_PER_TASK .venv/bin/python -m lorat_scale.launch -- \
+        -m lorat_scale.train --variant L-224 --ds ds_configs/zero2.json
 
-DeepSpeed vs DDP is decided by scripts/train.py (``--ds``), not by the launcher: the launcher only
-starts one process per GPU with the torch.distributed environment. ``render`` is a pure function of
-the environment dict so that it can be tested without a cluster.
+Why the interpreter and not ``accelerate`` from PATH: the job file starts a given Python (a venv's);
+an ``accelerate`` found on PATH may belong to another installation, or be missing. Why
+``--cpus-per-task`` on srun: since Slurm 22.05 an srun step no longer inherits the job's
+``--cpus-per-task``, so each node's step would be pinned to one CPU. DeepSpeed vs DDP is decided by
+the training loop (``--ds``), not by the launcher: the launcher only starts one process per GPU with
+the torch.distributed environment. ``render`` is a pure function of the environment dict so that it
+can be tested without a cluster.
 """
 from __future__ import annotations
 
@@ -58,7 +63,7 @@ def default_port(env: dict[str, str]) -> int:
 
 
 def render(env: dict[str, str], train_args: list[str], port: int | None = None,
-           python_launcher: str = "accelerate") -> list[str]:
+           python: str = sys.executable) -> list[str]:
     """The launch command (argv list) for the node described by the SLURM variables in ``env``."""
     hosts = expand_hostlist(env["SLURM_JOB_NODELIST"])
     num_nodes = int(env.get("SLURM_NNODES", len(hosts)))
@@ -67,14 +72,17 @@ def render(env: dict[str, str], train_args: list[str], port: int | None = None,
     node_rank = int(env.get("SLURM_NODEID", "0"))
     gpus = gpus_per_node(env)
     world = num_nodes * gpus
-    cmd = [python_launcher, "launch", "--num_machines", str(num_nodes), "--machine_rank", str(node_rank),
-           "--main_process_ip", hosts[0], "--main_process_port", str(port or default_port(env)),
-           "--num_processes", str(world)]
+    cmd = [python, "-m", "accelerate.commands.launch", "--num_machines", str(num_nodes),
+           "--machine_rank", str(node_rank), "--main_process_ip", hosts[0],
+           "--main_process_port", str(port or default_port(env)), "--num_processes", str(world)]
     if world > 1:
         cmd.append("--multi_gpu")
+    cpus = int(env.get("SLURM_CPUS_PER_TASK", "0") or 0)
+    if cpus:  # the node's CPUs shared by its GPU processes (accelerate sets OMP_NUM_THREADS from it)
+        cmd += ["--num_cpu_threads_per_process", str(max(1, cpus // gpus))]
     if num_nodes > 1:
         cmd += ["--rdzv_backend", "static", "--same_network"]
-    cmd += ["--mixed_precision", "no"]  # scripts/train.py passes train.precision to Accelerator itself
+    cmd += ["--mixed_precision", "no"]  # the training loop passes train.precision to Accelerator itself
     return cmd + list(train_args)
 
 

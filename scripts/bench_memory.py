@@ -16,18 +16,11 @@ import gc
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout without install
 
 import torch  # noqa: E402
 
-from lorat_scale.memory.estimate import (  # noqa: E402
-    GiB,
-    default_probes,
-    estimate,
-    make_batch,
-    resolve_config,
-    train_step,
-)
+from lorat_scale.memory.estimate import GiB, default_probes, estimate, make_batch, resolve_config  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from memory_table import OPTION_SETS  # noqa: E402
@@ -36,20 +29,25 @@ from memory_table import OPTION_SETS  # noqa: E402
 def measure(cfg) -> tuple[int, int]:
     """(max_memory_allocated, max_memory_reserved) of a steady-state training step on the GPU."""
     from lorat_scale.models import build_model
-    from lorat_scale.train.loss import lorat_loss
     from lorat_scale.train.optim import build_optimizer
+    from lorat_scale.train.step import LocalRunner, train_step
 
     model = build_model(cfg.model, device="cuda").train()
-    opt = build_optimizer(model, cfg.train)
-    batch = {k: v.cuda() for k, v in make_batch(cfg, cfg.train.micro_batch).items()}
-    loss_fn = lambda out, b: lorat_loss(out, b)["loss"]  # noqa: E731
-    train_step(model, batch, opt, cfg, loss_fn)  # creates the optimizer state
+    runner = LocalRunner("cuda", cfg.train.precision)
+    opt = runner.prepare_optimizer(build_optimizer(model, cfg.train))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    batches = [make_batch(cfg, cfg.train.micro_batch)]
+
+    def step() -> None:  # the training loop's step, as the dry run traces it
+        train_step(model, opt, batches, runner, trainable=trainable, grad_clip=cfg.train.grad_clip).row()
+
+    step()  # creates the optimizer state
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    train_step(model, batch, opt, cfg, loss_fn)
+    step()
     torch.cuda.synchronize()
     out = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
-    del model, opt, batch
+    del model, opt, batches
     gc.collect()
     torch.cuda.empty_cache()
     return out

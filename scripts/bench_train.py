@@ -5,9 +5,10 @@
     python scripts/bench_train.py --variant L-224 --batch 16 --rows base,bf16,ckpt,nf4
 
 Each row runs in a fresh subprocess (peak memory is per process): the model is built with a
-random backbone, then `warmup` + `steps` optimizer steps (forward, LoRAT loss, backward, clip,
-AdamW) run on synthetic inputs of the variant's sizes, so the numbers are the model+optimizer cost
-without the data loader. Memory: CUDA max_memory_allocated, or on CPU the peak resident set size
+random backbone on the device, then `warmup` + `steps` optimizer steps of the training loop's own
+step (lorat_scale/train/step.py: host batch to the device, forward, LoRAT loss, backward, clip,
+optimizer) run on synthetic inputs of the variant's sizes, so the numbers are the model+optimizer
+cost without the data loader. Memory: CUDA max_memory_allocated, or on CPU the peak resident set size
 (ru_maxrss) minus the RSS after imports (the Python/torch baseline is printed once).
 """
 from __future__ import annotations
@@ -50,34 +51,23 @@ def run_one(variant: str, overrides: list[str], batch: int, steps: int, warmup: 
     import torch
 
     from lorat_scale.config import load_config
+    from lorat_scale.memory.estimate import make_batch
     from lorat_scale.models import build_model
-    from lorat_scale.train.loss import lorat_loss
     from lorat_scale.train.optim import build_optimizer
+    from lorat_scale.train.step import LocalRunner, train_step
 
     base_rss = rss_gb()
     cfg = load_config(variant, overrides)
-    m, tc = cfg.model, cfg.train
     dev = torch.device(device)
-    if tc.precision == "fp16" and dev.type != "cuda":
+    if cfg.train.precision == "fp16" and dev.type != "cuda":
         return {"error": "fp16 needs CUDA"}
-    if m.frozen_dtype in ("int8", "nf4"):
-        # bitsandbytes quantizes on the move to the device: build on CPU, then move.
-        model = build_model(m).to(dev)
-    else:
-        model = build_model(m, device=dev)
-    model.train()
-    opt = build_optimizer(model, tc)
-    scaler = torch.amp.GradScaler(dev.type) if tc.precision == "fp16" else None
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.precision)
-    g = torch.Generator().manual_seed(0)
-    gz, gx = m.template_size // m.patch_size, m.search_size // m.patch_size
-    z = torch.randn(batch, 3, m.template_size, m.template_size, generator=g).to(dev)
-    x = torch.randn(batch, 3, m.search_size, m.search_size, generator=g).to(dev)
-    mask = torch.randint(0, 2, (batch, gz, gz), generator=g).to(dev)
-    pos = torch.zeros(batch, gx, gx, dtype=torch.bool)
-    pos[:, gx // 3: 2 * gx // 3, gx // 3: 2 * gx // 3] = True
-    batch_t = {"target_box": torch.tensor([[0.35, 0.35, 0.65, 0.65]] * batch).to(dev), "positive_map": pos.to(dev)}
+    model = build_model(cfg.model, device=dev).train()  # int8/nf4 quantized on the device itself
+    # The training loop's step (train/step.py) through accelerate's interface for one device.
+    runner = LocalRunner(dev, cfg.train.precision)
+    opt = runner.prepare_optimizer(build_optimizer(model, cfg.train))
     trainable = [p for p in model.parameters() if p.requires_grad]
+    torch.manual_seed(0)
+    batches = [make_batch(cfg, batch)]  # host tensors: the step moves them, as in training
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     times = []
@@ -85,26 +75,12 @@ def run_one(variant: str, overrides: list[str], batch: int, steps: int, warmup: 
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         t0 = time.perf_counter()
-        with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
-            out = model(z, x, mask)
-        loss = lorat_loss(out, batch_t)["loss"]
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-        else:
-            loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, tc.grad_clip)
-        if scaler is not None:
-            scaler.step(opt)
-            scaler.update()
-        else:
-            opt.step()
-        opt.zero_grad(set_to_none=True)
+        row = train_step(model, opt, batches, runner, trainable=trainable, grad_clip=cfg.train.grad_clip).row()
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
-    res = {"pairs_per_s": batch * len(times) / sum(times), "loss": float(loss)}
+    res = {"pairs_per_s": batch * len(times) / sum(times), "loss": row["loss"]}
     if dev.type == "cuda":
         res["peak_gb"] = torch.cuda.max_memory_allocated(dev) / 2**30
     else:

@@ -98,11 +98,13 @@ def custom_tree(tmp: Path, shared: Path, n_seqs: int = 3, n: int = 10, sep: str 
 
 
 def build_shards(tmp: Path, shared: Path, n_seqs: int = 7, n: int = 4, min_shards: int = 5, **kw) -> Path:
-    """Shards of a custom tree (one record per sequence): uneven records per shard on purpose."""
+    """Shards of a custom tree (one record per sequence): uneven records per shard on purpose.
+
+    ``min_shards`` is the writer's reader count (at least that many shards, as many as records allow)."""
     from lorat_scale.data.readers import read_dataset
     from lorat_scale.data.shards import make_shards
 
     root = custom_tree(tmp, shared, n_seqs=n_seqs, n=n)
     out = tmp / "shards"
-    make_shards(read_dataset("custom", root), out, {"format": "custom"}, min_shards=min_shards, progress=False, **kw)
+    make_shards(read_dataset("custom", root), out, {"format": "custom"}, readers=min_shards, progress=False, **kw)
     return out

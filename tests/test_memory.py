@@ -22,7 +22,6 @@ from lorat_scale.memory.estimate import (
     quantized_linear_bytes,
     resolve_config,
     round_block,
-    train_step,
 )
 
 SMALL = ["model.depth=2"]  # S-224 with 2 blocks: a full trace in about a second
@@ -140,13 +139,15 @@ def test_dense_loss_equals_the_project_loss():
            "boxes": torch.cat([lo, lo + size], -1)}
     batch = {"target_box": torch.tensor([[0.1, 0.2, 0.6, 0.7], [0.3, 0.3, 0.4, 0.5], [0.0, 0.0, 1.0, 1.0]]),
              "positive_map": torch.rand(3, 5, 5, generator=g) > 0.6}
-    assert dense_loss(out, batch).item() == pytest.approx(lorat_loss(out, batch)["loss"].item(), rel=1e-5)
+    dense, ref = dense_loss(out, batch), lorat_loss(out, batch)
+    for k in ("loss", "loss_bce", "loss_giou", "num_positives"):
+        assert dense[k].item() == pytest.approx(ref[k].item(), rel=1e-5), k
 
 
 def test_cli_last_line(capsys):
     from lorat_scale.cli import main
 
-    args = ["estimate-memory", "--config", "S-224", "--batch", "2", "--memory-saving", "max", "model.depth=2"]
+    args = ["estimate-memory", "--variant", "S-224", "--batch", "2", "--memory-saving", "max", "model.depth=2"]
     assert main(args) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("estimated peak: ")
 
@@ -164,15 +165,18 @@ def run_losses(*overrides: str, steps: int = 10) -> tuple[float, ...]:
     """Losses of ``steps`` optimizer steps of a tiny model on one fixed batch (real tensors, CPU)."""
     pytest.importorskip("bitsandbytes")
     from lorat_scale.models import build_model
-    from lorat_scale.train.loss import lorat_loss
     from lorat_scale.train.optim import build_optimizer
+    from lorat_scale.train.step import LocalRunner, train_step
 
     cfg = load_config("S-224", [*TINY, *overrides])
     model = build_model(cfg.model).train()
-    opt = build_optimizer(model, cfg.train)
+    runner = LocalRunner("cpu", cfg.train.precision)
+    opt = runner.prepare_optimizer(build_optimizer(model, cfg.train))
+    trainable = [p for p in model.parameters() if p.requires_grad]
     torch.manual_seed(0)
     batch = make_batch(cfg, 4)
-    return tuple(float(train_step(model, batch, opt, cfg, lambda o, b: lorat_loss(o, b)["loss"])) for _ in range(steps))
+    return tuple(train_step(model, opt, [batch], runner, trainable=trainable, grad_clip=cfg.train.grad_clip).row()["loss"]
+                 for _ in range(steps))
 
 
 @pytest.mark.parametrize("option,baseline", [

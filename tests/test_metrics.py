@@ -1,4 +1,9 @@
-"""OPE metrics: the published mmtracking fixture, hand-computed cases, the official LaSOT GT."""
+"""Metric conventions, rule by rule: hand-computed cases for what each toolkit does differently.
+
+The end-to-end equality with each toolkit's own numbers on real ground truth is in
+``test_conventions.py``; here every rule that tells the toolkits apart gets a small case that
+would fail if the rule were lost.
+"""
 from __future__ import annotations
 
 import json
@@ -6,174 +11,199 @@ import json
 import numpy as np
 import pytest
 
-from lorat_scale.boxes import xywh_to_xyxy
-from lorat_scale.evaluation.metrics import (CONVENTIONS, Convention, MetricsError, average_runs,
-                                            evaluate_sequence, get_convention, iou_xyxy, summarize,
-                                            valid_frames)
+from lorat_scale.evaluation.metrics import (CONVENTIONS, MATLAB_OVERLAP, MetricsError, matlab_colon, score_sequence,
+                                            summarize)
 from lorat_scale.evaluation.results import read_boxes_txt
 
-FULL = 20 / 21  # IoU 1 is not > 1.0, so a perfect tracker scores 20/21 in the reference definition
+FULL = 20 / 21  # IoU 1 is not > 1.0: a perfect tracker scores 20/21 everywhere
+
+
+def _score(conv, pred, gt, **kw):
+    return summarize(conv, [[score_sequence(conv, pred, gt, **kw)]], benchmark=kw.get("benchmark", ""))
+
+
+def test_matlab_colon_differs_from_linspace_exactly_where_matlab_rounds_from_the_end():
+    assert MATLAB_OVERLAP.tolist() == matlab_colon(0.0, 0.05, 1.0).tolist()
+    lin = np.linspace(0, 1, 21)
+    differ = [round(float(t), 2) for t, u in zip(MATLAB_OVERLAP, lin) if t != u]
+    assert differ == [0.6, 0.65, 0.7, 0.85, 0.95]
+    assert MATLAB_OVERLAP[12] == 1 - 8 * 0.05 < lin[12]  # 0.6 vs 0.6000000000000001
+    # An IoU that lands between the two: counted above 0.6 by the OTB toolkit, not by linspace.
+    gt = np.array([[1.0, 1.0, 1.0, 1.0]] * 2)
+    pred = np.array([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, float(lin[12]), 1.0]])  # IoU = 0.6000000000000001
+    assert score_sequence("otb", pred, gt).curves["success"][12] == 1.0  # 0.6000000000000001 > 0.6
+    assert score_sequence("got10k", pred, gt).curves["success"][12] == 0.5  # not > 0.6000000000000001
 
 
 def test_mmtracking_fixture_reproduces_published_values(shared_data):
     root = shared_data / "annotations" / "mmtracking_ope_fixture"
     expected = json.loads((root / "EXPECTED.json").read_text())["expected"]
-    seqs = []
+    runs = []
     for v in ("video-1", "video-2"):
-        gt = xywh_to_xyxy(read_boxes_txt(root / v / "gt_for_eval.txt"))
-        pred = read_boxes_txt(root / v / "track_results.txt")  # already x1,y1,x2,y2
-        seqs.append(evaluate_sequence(pred, gt, name=v, convention="mmtracking"))
-    s = summarize(seqs, "mmtracking")
-    assert round(100 * s.auc, 3) == expected["success"] == 67.524
-    assert 100 * s.prec == pytest.approx(expected["precision"], abs=1e-9)
-    assert 100 * s.norm_prec == pytest.approx(expected["norm_precision"], abs=1e-9)
-    assert "first frame=as predicted" in str(s) and "iou=continuous" in str(s)
-    # The pytracking/STARK first-frame rule (prediction 0 := GT) changes video-2, so the preset matters.
-    s2 = summarize([evaluate_sequence(read_boxes_txt(root / v / "track_results.txt"),
-                                      xywh_to_xyxy(read_boxes_txt(root / v / "gt_for_eval.txt")))
-                    for v in ("video-1", "video-2")])
-    assert round(100 * s2.auc, 3) != 67.524
-    # Pixel (+1) IoU on the same boxes: every box one pixel larger -> slightly higher success.
-    s3 = summarize([evaluate_sequence(read_boxes_txt(root / v / "track_results.txt"),
-                                      xywh_to_xyxy(read_boxes_txt(root / v / "gt_for_eval.txt")),
-                                      convention=get_convention("mmtracking", iou="pixel"))
-                    for v in ("video-1", "video-2")])
-    assert s3.auc > s.auc and s3.prec == s.prec
+        xyxy = read_boxes_txt(root / v / "track_results.txt")
+        pred = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1)
+        runs.append([score_sequence("mmtracking", pred, read_boxes_txt(root / v / "gt_for_eval.txt"), name=v)])
+    s = summarize("mmtracking", runs, benchmark="uav123")
+    # mmtracking's evaluate() prints float(f"{v:.3f}")
+    assert {k: float(f"{v:.3f}") for k, v in s.scores.items()} == {
+        "AUC": expected["success"], "P": expected["precision"], "P_norm": expected["norm_precision"]}
+    assert "mmtracking" in str(s) and "eval_sot_ope.py" in str(s)
+    # The pytracking lineage replaces frame 0 by the ground truth: video-2's first prediction is off.
+    st = summarize("stark", [[score_sequence("stark", r[0].pred, r[0].gt)] for r in _fixture(root)])
+    assert float(f"{st.scores['AUC']:.3f}") != expected["success"]
+
+
+def _fixture(root):
+    out = []
+    for v in ("video-1", "video-2"):
+        xyxy = read_boxes_txt(root / v / "track_results.txt")
+        rec = type("R", (), {})()
+        rec.pred = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1)
+        rec.gt = read_boxes_txt(root / v / "gt_for_eval.txt")
+        out.append([rec])
+    return out
 
 
 @pytest.mark.parametrize("name", sorted(CONVENTIONS))
-@pytest.mark.parametrize("iou", ["continuous", "pixel"])
-def test_perfect_predictions(name, iou):
-    gt = np.array([[10, 20, 50, 60], [12, 22, 52, 62], [14, 24, 54, 64.5]], dtype=float)
-    m = evaluate_sequence(gt, gt, convention=get_convention(name, iou=iou))
-    assert m.auc == pytest.approx(FULL, abs=1e-12)
-    assert m.success[-1] == 0.0 and m.success[:-1].min() == 1.0
-    assert m.prec == 1.0 and m.norm_prec == 1.0
-    assert m.ao == 1.0 and m.sr50 == 1.0 and m.sr75 == 1.0
-    assert len(m.got_ious) == 2  # GOT-10k skips the first frame
+def test_perfect_predictions(name):
+    gt = np.array([[10, 20, 40, 40], [12, 22, 40, 40], [14, 24, 40, 40.5]], dtype=float)
+    s = _score(name, gt, gt, benchmark="otb")
+    assert s.scores["AUC"] == pytest.approx(100 * FULL, abs=1e-4)
+    assert s.scores["P"] == pytest.approx(100.0)
+    assert s.scores.get("P_norm", 100.0) == pytest.approx(100.0)
 
 
-def test_shifted_box_exact_precision_and_success():
-    gt = np.tile([[100.0, 100.0, 140.0, 140.0]], (5, 1))  # 40 x 40
-    pred = gt + [12.0, 16.0, 12.0, 16.0]  # centre error exactly 20 px (3-4-5)
-    m = evaluate_sequence(pred, gt)  # frame 0 is replaced by the GT (init box)
-    assert m.precision[19] == pytest.approx(1 / 5) and m.precision[20] == 1.0
-    iou = (28 * 24) / (2 * 1600 - 28 * 24)  # 0.2658...
-    assert iou_xyxy(pred[1:2], gt[1:2])[0] == pytest.approx(iou)
-    n_hit = int(np.sum(np.linspace(0, 1, 21) < iou))  # thresholds 0 .. 0.25 -> 6
-    assert n_hit == 6
-    expected_auc = (1 / 5) * FULL + (4 / 5) * n_hit / 21
-    assert m.auc == pytest.approx(expected_auc, abs=1e-12)
-    assert m.norm_prec == pytest.approx(1 / 5)  # normalized error 0.5 > 0.2
-    assert m.ao == pytest.approx(iou) and m.sr50 == 0.0
-    m2 = evaluate_sequence(pred, gt, convention="mmtracking")  # no first-frame replacement
-    assert m2.precision[20] == 1.0 and m2.precision[19] == 0.0
-
-
-def test_pixel_iou_convention():
-    a, b = np.array([[0.0, 0, 2, 2]]), np.array([[1.0, 1, 3, 3]])
-    assert iou_xyxy(a, b)[0] == pytest.approx(1 / 7)
-    assert iou_xyxy(a, b, offset=1)[0] == pytest.approx(4 / 14)
-    assert iou_xyxy(a, np.array([[2.0, 2, 4, 4]]))[0] == 0.0  # touching: no overlap (continuous)
-    assert iou_xyxy(a, np.array([[2.0, 2, 4, 4]]), offset=1)[0] == pytest.approx(1 / 17)  # shares pixel (2,2)
-
-
-def test_validity_conventions_differ_on_border_boxes():
-    gt = np.array([[5, 5, 25, 25], [0, 5, 20, 25], [5, 5, 25, 25], [5, 0, 25, 20]], dtype=float)
-    st = evaluate_sequence(gt, gt, convention="stark")
-    py = evaluate_sequence(gt, gt, convention="pytracking")
-    assert st.auc == pytest.approx(FULL)
-    assert py.auc == pytest.approx(FULL * 2 / 4)  # x == 0 or y == 0: invalid -> IoU -1
-    assert py.prec == pytest.approx(2 / 4)  # centre error +inf on invalid frames
-    assert py.norm_prec == 1.0  # ...but normalized error -1: the reference counts them as hits
-    assert py.num_valid == 2 and st.num_valid == 4
-    pe = evaluate_sequence(gt, gt, convention=Convention(validity="pytracking", exclude_invalid=True))
-    assert pe.auc == pytest.approx(FULL)
-
-
-def test_absent_frames_lasot_vs_others_and_uav():
-    gt = np.array([[5, 5, 25, 25]] * 4, dtype=float)
-    gt[2] = np.nan  # unannotated
-    vis = np.array([1, 1, 0, 1], bool)
-    pred = np.nan_to_num(gt, nan=7.0)  # a tracker still outputs a box on the absent frame
-    for ds, prec, nprec in (("lasot", 3 / 4, 3 / 4), ("got10k", 3 / 4, 1.0), ("uav123", 1.0, 1.0)):
-        m = evaluate_sequence(pred, gt, vis, dataset=ds)
-        assert m.auc == pytest.approx(FULL * 3 / 4), ds
-        assert (m.prec, m.norm_prec) == pytest.approx((prec, nprec)), ds
-        assert len(m.got_ious) == 2  # frame 0 skipped, absent frame dropped
-
-
-def test_degenerate_and_bad_predictions():
-    gt = np.array([[5, 5, 25, 25]] * 4, dtype=float)
+def test_invalid_prediction_takes_the_previous_box_in_the_matlab_toolkits():
+    gt = np.array([[10, 10, 20, 20]] * 5, dtype=float)
     pred = gt.copy()
-    pred[2] = [30, 30, 30, 40]  # zero width -> previous prediction is used
-    pred[3] = [30, 30, 30, 30]  # chained
-    m = evaluate_sequence(pred, gt)
-    assert m.auc == pytest.approx(FULL)
-    bad = gt.copy()
-    bad[1] = [10, 10, 5, 20]
-    with pytest.raises(MetricsError, match="frame 1: invalid prediction"):
-        evaluate_sequence(bad, gt, name="seqA")
-    with pytest.raises(MetricsError, match="seqA: 3 predicted boxes but 4"):
-        evaluate_sequence(gt[:3], gt, name="seqA")
+    pred[1] = [30, 30, 20, 20]  # a miss
+    pred[2] = [np.nan] * 4  # invalid -> previous (the miss)
+    pred[3] = [10, 10, -1, 20]  # negative width -> previous (still the miss)
+    for conv in ("otb", "lasot"):
+        succ = score_sequence(conv, pred, gt).curves["success"] * (5 + np.finfo(float).eps)
+        assert succ[0] == 2, conv  # frames 0 and 4 hit; 1, 2, 3 all carry the miss
+    with pytest.raises(MetricsError, match=r"res\.txt:3: box nan,nan,nan,nan is not valid for pytracking"):
+        score_sequence("pytracking", pred, gt, pred_source="res.txt")
+    # NaN in x alone: MATLAB's vector `if` needs all four elements true, so the OTB toolkit keeps the
+    # box (x = NaN: max/min skip it, the overlap counts the full width), while the LaSOT toolkit's
+    # sum(isnan(r)) replaces it.
+    pred = gt.copy()
+    pred[1] = [np.nan, 10, 20, 20]
+    pred[2] = [50, 50, 20, 20]  # a miss, then NaN x again
+    pred[3] = [np.nan, 10, 20, 20]
+    otb = score_sequence("otb", pred, gt).curves["success"] * (5 + np.finfo(float).eps)
+    lasot = score_sequence("lasot", pred, gt).curves["success"] * (5 + np.finfo(float).eps)
+    assert otb[0] == 4 and lasot[0] == 3  # OTB: frames 1, 3 overlap fully; LaSOT: frame 3 = the miss
 
 
-def test_got10k_clipping_and_frame_weighting():
-    gt = np.array([[0, 0, 10, 10], [0, 0, 10, 10]], float)
-    pred = np.array([[0, 0, 10, 10], [-10, 0, 10, 10]], float)  # 20 wide, half outside the image
-    m_noclip = evaluate_sequence(pred, gt)
-    assert m_noclip.ao == pytest.approx(0.5)
-    # Toolkit bound: x -> 0, w = min(20, W - 0) = 20 on a 100 px image: shifted, not cut -> IoU 0.5
-    assert evaluate_sequence(pred, gt, frame_size=(100, 100)).ao == pytest.approx(0.5)
-    # On a 10 px image w is clipped to 10 -> IoU 1
-    assert evaluate_sequence(pred, gt, frame_size=(10, 10)).ao == pytest.approx(1.0)
-    long = evaluate_sequence(np.tile(gt[:1], (5, 1)), np.tile(gt[:1], (5, 1)))  # 4 counted IoUs of 1
-    s = summarize([m_noclip, long])
-    assert s.ao == pytest.approx((0.5 + 4) / 5)  # frame-weighted, not (0.5 + 1) / 2
-    avg = average_runs([m_noclip, long])
-    assert avg.auc == pytest.approx((m_noclip.auc + long.auc) / 2)
+def test_invalid_ground_truth_centre_error_conventions():
+    """OTB/LaSOT toolkits: invalid GT -> centre error -1 (a hit); pytracking: +inf (a miss), -1 on UAV."""
+    gt = np.array([[10, 10, 20, 20], [0, 10, 20, 20], [10, 10, 20, 20], [10, 0, 20, 20]], dtype=float)
+    pred = gt + [100, 100, 0, 0]
+    pred[0] = gt[0]
+    otb = score_sequence("otb", pred, gt).curves
+    assert otb["precision"][0] * (4 + np.finfo(float).eps) == 3  # frame 0 + the two invalid frames
+    assert otb["success"][0] * (4 + np.finfo(float).eps) == 1  # invalid frames: IoU -1
+    pyt = score_sequence("pytracking", pred, gt, benchmark="otb").curves
+    assert pyt["precision"][20] == np.float32(1 / 4) and pyt["norm_precision"][20] == np.float32(3 / 4)
+    uav = score_sequence("pytracking", pred, gt, benchmark="uav123").curves
+    assert uav["precision"][20] == np.float32(3 / 4)
+    stark = score_sequence("stark", pred, gt, benchmark="otb").curves  # x or y = 0 is valid for STARK
+    assert stark["precision"][20] == np.float32(1 / 4) and stark["norm_precision"][20] == np.float32(1 / 4)
 
 
-@pytest.fixture(scope="module")
-def lasot_gt(shared_data) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Official LaSOT test GT: name -> (x,y,w,h boxes, absent flags), parsed once for two tests."""
-    root = shared_data / "annotations" / "lasot_test"
-    names = (root / "testing_set.txt").read_text().split()
-    return {n: (read_boxes_txt(root / "boxes" / f"{n}.txt"),
-                read_boxes_txt(root / "absent" / f"{n}.txt", ncols=1).reshape(-1).astype(bool)) for n in names}
+def test_visibility_flags_only_on_lasot_family():
+    """A perfect box on a frame flagged invisible: a miss where the toolkit uses the flags (LaSOT family)."""
+    gt = np.array([[10, 10, 20, 20]] * 4, dtype=float)
+    vis = np.array([1, 1, 0, 1], bool)
+    for conv in ("stark", "pytracking", "mmtracking", "lasot"):
+        for bench in ("lasot", "lasot_ext", "got10k_val", "nfs", "otb"):
+            auc = _score(conv, gt, gt, visible=vis, benchmark=bench).scores["AUC"]
+            want = 3 / 4 if bench.startswith("lasot") else 1.0
+            assert auc == pytest.approx(100 * FULL * want, abs=1e-4), (conv, bench)
+    # pytracking/STARK: invisible = invalid; on LaSOT (not LaSOT_ext) a miss for both centre errors
+    p = {b: _score("stark", gt, gt, visible=vis, benchmark=b).scores for b in ("lasot", "lasot_ext")}
+    assert (p["lasot"]["P"], p["lasot"]["P_norm"]) == pytest.approx((75.0, 75.0))
+    assert (p["lasot_ext"]["P"], p["lasot_ext"]["P_norm"]) == pytest.approx((75.0, 100.0))
+    # got10k-toolkit ignores them outside GOT-10k; on GOT-10k its cover labels decide
+    assert _score("got10k", gt, gt, visible=vis, benchmark="lasot").scores["AUC"] == pytest.approx(100 * FULL)
+    ao = _score("got10k", gt + [5, 0, 0, 0], gt, visible=vis, resolution=(100, 100), benchmark="got10k_val")
+    assert ao.scores["AO"] == pytest.approx(100 * 300 / 500)  # frames 1 and 3 only (IoU 15*20/25*20)
 
 
-def test_lasot_official_annotations_parse(lasot_gt):
-    assert len(lasot_gt) == 280
-    assert sum(len(b) for b, _ in lasot_gt.values()) == 685_360
-    assert all(len(b) == len(a) for b, a in lasot_gt.values())
-    assert lasot_gt["airplane-1"][0][0].tolist() == [367, 101, 41, 16]
+def test_pytracking_errors_name_the_files():
+    gt = np.array([[10, 10, 20, 20]] * 3, dtype=float)
+    gt[1] = np.nan
+    with pytest.raises(MetricsError, match=r"gt\.txt:2: unannotated \(NaN\) ground truth; pytracking"):
+        score_sequence("pytracking", np.full((3, 4), 5.0), gt, gt_source="gt.txt")
+    s = score_sequence("pytracking", np.full((3, 4), 5.0), gt, benchmark="uav123")  # allowed on UAV123
+    assert s.curves["success"].dtype == np.float32
 
 
-def test_lasot_gt_against_itself_gives_the_maximum(lasot_gt):
-    seqs_st, seqs_py, fr_valid_st, fr_valid_py, visible, lost_0based = [], [], [], [], 0, 0
-    for n, (xywh, absent) in lasot_gt.items():
-        gt = xywh_to_xyxy(xywh)
-        # Two GT rows have negative sizes (lion-5 line 553, tiger-6 line 118); a tracker cannot
-        # output those, so the "prediction" is the GT with sizes clipped at 0 (then carried forward).
-        pred = xywh_to_xyxy(np.concatenate([xywh[:, :2], np.clip(xywh[:, 2:], 0, None)], axis=1))
-        for conv, out, frac in (("stark", seqs_st, fr_valid_st), ("pytracking", seqs_py, fr_valid_py)):
-            m = evaluate_sequence(pred, gt, ~absent, name=n, dataset="lasot", convention=conv)
-            out.append(m)
-            frac.append(m.num_valid / m.num_frames)
-            # GT vs GT: the success curve is the valid fraction at t < 1 and 0 at t = 1.
-            assert m.auc == pytest.approx(FULL * m.num_valid / m.num_frames, abs=1e-12), n
-        visible += int((~absent).sum())
-        # The pytracking rule (x, y > 0) depends on the origin: shifted to 0-based, border boxes
-        # at x or y = 1 become invalid. So metrics must see the benchmark's own coordinates.
-        lost_0based += seqs_py[-1].num_valid - int(valid_frames(gt - 1, ~absent, "pytracking").sum())
-    st, py = summarize(seqs_st, "stark"), summarize(seqs_py, "pytracking")
-    assert st.auc == pytest.approx(FULL * np.mean(fr_valid_st), abs=1e-12)
-    assert py.auc == pytest.approx(FULL * np.mean(fr_valid_py), abs=1e-12)
-    # In LaSOT's 1-based file coordinates no visible box has x or y <= 0: both rules agree.
-    assert py.auc == st.auc < FULL
-    assert sum(m.num_valid for m in seqs_st) == visible - 3  # 3 visible frames with w or h <= 0
-    assert lost_0based == 27_578
-    assert st.prec == pytest.approx(np.mean(fr_valid_st))  # absent frames are misses on LaSOT
-    n_got = sum(len(m.got_ious) for m in seqs_st)  # frame 0 skipped, visible frames only
-    assert st.ao * n_got == pytest.approx(n_got - 3)  # the 3 degenerate GT boxes give IoU 0
+def test_zero_size_prediction_repeats_the_previous_box_chained():
+    gt = np.array([[5, 5, 20, 20]] * 4, dtype=float)
+    pred = gt.copy()
+    pred[2] = [30, 30, 0, 10]
+    pred[3] = [30, 30, 0, 0]
+    for conv in ("pytracking", "stark", "otb", "lasot"):
+        assert _score(conv, pred, gt).scores["AUC"] == pytest.approx(100 * FULL, abs=1e-4), conv
+    # got10k and mmtracking take the empty box as it is: two misses
+    for conv in ("got10k", "mmtracking"):
+        assert _score(conv, pred, gt, benchmark="otb").scores["AUC"] == pytest.approx(100 * FULL / 2), conv
+
+
+def test_got10k_rules():
+    gt = np.array([[0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 10]], float)
+    pred = gt.copy()
+    pred[1] = [-10, 0, 20, 10]  # 20 wide, half outside the image
+    pred[2] = [0, 0, 10, 10]
+    cover = np.array([8, 8, 0])  # the last frame is fully occluded: not counted
+    big = _score("got10k", pred, gt, cover=cover, resolution=(100, 100), benchmark="got10k_val").scores
+    assert big["AO"] == pytest.approx(50.0)  # x clipped to 0, w = min(20, W - 0): shifted, not cut -> IoU 0.5
+    small = _score("got10k", pred, gt, cover=cover, resolution=(10, 10), benchmark="got10k_val").scores
+    assert small["AO"] == pytest.approx(100.0)  # w clipped to 10 on a 10 px image
+    with pytest.raises(MetricsError, match="meta_info.ini"):
+        score_sequence("got10k", pred, gt, benchmark="got10k_val")
+    # Pooled over frames of all sequences, not a mean of per-sequence means
+    long = [score_sequence("got10k", np.tile(gt[:1], (5, 1)), np.tile(gt[:1], (5, 1)), resolution=(100, 100),
+                           benchmark="got10k_val")]
+    one = [score_sequence("got10k", pred[:2], gt[:2], resolution=(100, 100), benchmark="got10k_val")]
+    assert summarize("got10k", [one, long], benchmark="got10k_val").scores["AO"] == pytest.approx(100 * 4.5 / 5)
+    # UAV123 / LaSOT: unannotated rows dropped (denominator = annotated frames); others keep them
+    gt2 = np.array([[5, 5, 10, 10], [np.nan] * 4, [5, 5, 10, 10]], float)
+    pred2 = np.array([[5, 5, 10, 10]] * 3, float)
+    assert _score("got10k", pred2, gt2, benchmark="uav123").scores["P"] == pytest.approx(100.0)
+    assert _score("got10k", pred2, gt2, benchmark="otb").scores["P"] == pytest.approx(200 / 3)
+
+
+def test_got10k_lasot_normalized_precision_is_the_mean_of_its_curve():
+    gt = np.array([[100, 100, 40, 40]] * 3, float)
+    pred = gt + [8, 0, 0, 0]  # normalized error 0.2 on frames 1, 2
+    s = _score("got10k", pred, gt, benchmark="lasot").scores
+    curve = (np.linspace(0, 0.5, 51) >= 0.2 - 1e-12) * (2 / 3) + 1 / 3
+    assert s["P_norm"] == pytest.approx(100 * curve.mean())
+
+
+def test_sequences_with_an_all_zero_curve_leave_the_matlab_mean():
+    gt = np.array([[10, 10, 20, 20]] * 3, dtype=float)
+    lost = gt + [200, 200, 0, 0]
+    lost[0] = gt[0]
+    runs = [[score_sequence("otb", gt, gt)], [score_sequence("otb", lost, gt)]]
+    # frame 0 is replaced by the GT, so the lost sequence still has 1/3 at low thresholds: kept
+    s = summarize("otb", runs)
+    assert s.scores["AUC"] == pytest.approx(100 * (FULL + FULL / 3) / 2, abs=1e-9)
+    gt0 = np.array([[0, 0, 20, 20]] + [[10, 10, 20, 20]] * 2, dtype=float)  # frame 0 invalid (x = 0)
+    zero = score_sequence("otb", lost, gt0)
+    assert not zero.curves["success"].any()
+    s2 = summarize("otb", [runs[0], [zero]])
+    assert s2.scores["AUC"] == pytest.approx(100 * FULL) and "left out of its mean" in s2.notes[0]
+
+
+def test_repeated_runs_are_averaged_per_sequence():
+    gt = np.array([[10, 10, 20, 20]] * 4, dtype=float)
+    shifted = gt + [5, 0, 0, 0]
+    for conv in ("stark", "mmtracking", "lasot"):
+        one = summarize(conv, [[score_sequence(conv, gt, gt)]]).scores["AUC"]
+        two = summarize(conv, [[score_sequence(conv, shifted, gt)]]).scores["AUC"]
+        both = summarize(conv, [[score_sequence(conv, gt, gt), score_sequence(conv, shifted, gt)]]).scores["AUC"]
+        assert both == pytest.approx((one + two) / 2, abs=1e-4), conv

@@ -236,6 +236,15 @@ def test_checkpoint_with_other_lora_rank_is_rejected(golden, tmp_path):
         load_trainable(other, p)
 
 
+def test_checkpoint_with_other_rslora_setting_is_rejected(tmp_path):
+    """use_rslora changes the scaling (alpha/sqrt(r) vs alpha/r): a silent load would train another model."""
+    p = tmp_path / "ck.safetensors"
+    save_trainable(build_model(tiny_cfg(use_rslora=True)), p)
+    with pytest.raises(CheckpointMismatchError, match="use_rslora=True but the model config has model.use_rslora=False"):
+        load_trainable(build_model(tiny_cfg()), p)
+    load_trainable(build_model(tiny_cfg(use_rslora=True)), p)  # the same setting loads
+
+
 def test_corrupt_checkpoint_file(tmp_path):
     p = tmp_path / "broken.safetensors"
     p.write_bytes(b"\x00\x01garbage")

@@ -36,6 +36,27 @@ def test_param_groups_and_state_only_for_trainable():
     assert opt.defaults["betas"] == (0.9, 0.999) and opt.param_groups[0]["lr"] == 1e-4
 
 
+def test_weight_decay_groups_follow_the_reference_rule():
+    """No decay: squeezed ndim <= 1 (the (1, C) score-head weight too), norm layers, "embed"; the rest decays."""
+    from lorat_scale.config import ModelConfig
+    from lorat_scale.models import build_model
+
+    model = build_model(ModelConfig(embed_dim=32, depth=1, num_heads=2, lora_r=4, lora_alpha=4, template_size=28,
+                                    search_size=56, pretrain_grid=6))
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay, no_decay = ({names[id(p)] for p in g["params"]} for g in param_groups(model, 0.1))
+    assert model.get_parameter("head.cls_mlp.layers.2.weight").shape == (1, 32)
+    assert "head.cls_mlp.layers.2.weight" in no_decay  # the official code leaves it undecayed
+    assert {"token_type_embed", "head.cls_mlp.layers.0.bias", "head.reg_mlp.layers.2.bias"} <= no_decay
+    assert {"head.cls_mlp.layers.0.weight", "head.reg_mlp.layers.2.weight",
+            "blocks.0.attn.q.lora_A.default.weight", "blocks.0.mlp.fc2.lora_B.default.weight"} <= decay
+    assert decay | no_decay == {n for n, p in model.named_parameters() if p.requires_grad}
+    # A trainable norm layer (2-D affine-free shapes aside) is never decayed.
+    toy = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+    decay, no_decay = param_groups(toy, 0.1)
+    assert [id(p) for p in decay["params"]] == [id(toy[0].weight)]
+
+
 def test_adamw8bit_option():
     pytest.importorskip("bitsandbytes")
     m = Toy()

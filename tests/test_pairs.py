@@ -66,7 +66,10 @@ def test_sample_contract(sources):
     assert s["target_box"].shape == (4,) and s["target_box"].dtype == torch.float32
     assert ((s["target_box"] >= 0) & (s["target_box"] <= 1)).all()
     assert s["key"].startswith("synth/")
-    assert s["counters"] == {"resampled": 0, "bad_frames": 0}
+    assert s["counters"]["resampled"] == 0 and s["counters"]["bad_frames"] == 0
+    t, x = s["template_frame"], s["search_frame"]
+    assert s["counters"]["frames_read"] == 1 + (t != x) and s["key"] == f"{s['sequence']}/{t}/{x}"
+    assert s["source"] == int(PairDataset(sources, CFG)._plan_ds[0]) and s["position"] == 0
     assert -3 < float(s["x"].min()) and float(s["x"].max()) < 3  # normalized
 
 
@@ -194,6 +197,33 @@ def test_labels_match_cell_mask(sources):
         box_px = s["target_box"].double().numpy() * 224
         assert np.array_equal(s["positive_map"].numpy(), cell_mask(box_px, 14, (16, 16)).astype(bool))
         assert s["positive_map"].any() and s["z_feat_mask"].any()
+
+
+def test_labels_follow_the_model_patch_size(sources):
+    from lorat_scale.config import ModelConfig
+    from lorat_scale.models import build_model
+    from lorat_scale.train.loss import lorat_loss
+
+    ds = PairDataset(sources, CFG, template_size=128, search_size=256, patch_size=16)
+    samples = [ds[i] for i in range(2)]
+    for s in samples:
+        assert s["z_feat_mask"].shape == (8, 8) and s["positive_map"].shape == (16, 16)
+        box_px = s["target_box"].double().numpy() * 256
+        assert np.array_equal(s["positive_map"].numpy(), cell_mask(box_px, 16, (16, 16)).astype(bool))
+    seq = sources[0][0]
+    s = make_pair([seq], CFG, np.random.default_rng(1), 128, 256, augment_images=False, patch_size=16)
+    t = int(s["key"].split("/")[-2])
+    zbox = crop.map_boxes(crop.adjusted_params((W, H), crop.siamfc_params(seq.boxes[t], 2.0, 128), 128), seq.boxes[t])
+    assert np.array_equal(s["z_feat_mask"].numpy(), cell_mask(zbox, 16, (8, 8)))
+    with pytest.raises(ValueError, match="template_size 120 is not a multiple of patch_size 16"):
+        PairDataset(sources, CFG, template_size=120, search_size=256, patch_size=16)
+    # A model of that patch size takes the batch, and the loss reads its labels on the model's grid.
+    model = build_model(ModelConfig(embed_dim=32, depth=1, num_heads=2, lora_r=4, lora_alpha=8, patch_size=16,
+                                    template_size=128, search_size=256, pretrain_grid=4))
+    batch = torch.utils.data.default_collate([{k: v for k, v in s.items() if torch.is_tensor(v)} for s in samples])
+    out = model(batch["z"], batch["x"], batch["z_feat_mask"])
+    assert out["score_map"].shape == (2, 16, 16)
+    assert torch.isfinite(lorat_loss(out, batch, None)["loss"])
 
 
 def test_template_mask_and_crop_without_augmentation(sources):

@@ -10,7 +10,7 @@ import pytest
 from _data_trees import custom_tree, got10k_tree, lasot_tree, real_xywh, trackingnet_tree
 from lorat_scale.data.cache import cached_read
 from lorat_scale.data.check import check_dataset
-from lorat_scale.data.readers import READERS, AnnotationError, ReadReport, read_dataset
+from lorat_scale.data.readers import READERS, AnnotationError, FrameError, ReadReport, read_dataset
 from lorat_scale.data.readers._common import clean
 from lorat_scale.data.sequence import Sequence, SequenceError
 
@@ -43,12 +43,12 @@ def test_lasot_train_split_is_1120_of_1400(tmp_path, shared_data):
             d = root / c / f"{c}-{k}"
             d.mkdir(parents=True)
             (d / "groundtruth.txt").write_text("10,10,5,5\n")
-    train = read_dataset("lasot", root, "train", testing_set=shared_data / LASOT_TEST_SET)
-    test = read_dataset("lasot", root, "test", testing_set=shared_data / LASOT_TEST_SET)
+    from lorat_scale.data.readers import lasot
+    train = lasot.split_sequences(root, "train", testing_set=shared_data / LASOT_TEST_SET)
+    test = lasot.split_sequences(root, "test", testing_set=shared_data / LASOT_TEST_SET)
     assert len(train) == 1120 and len(test) == 280
     assert not {s.name for s in train} & set(test_names)
-    from lorat_scale.data.readers import lasot
-    assert len(lasot.list_sequences(root)) == 1400  # what split "all" (LaSOT_ext) reads
+    assert len(lasot.split_sequences(root, "all")) == 1400  # what split "all" (LaSOT_ext) reads
 
 
 def test_lasot_flags_and_trim(tmp_path, shared_data):
@@ -142,8 +142,8 @@ def test_trackingnet_chunks_and_test(tmp_path, shared_data):
     (t,) = read_dataset("trackingnet", root, "test")
     assert len(t) == 12 and t.valid.sum() == 1
     anno = root / "TRAIN_0/anno/bbb_2.txt"
-    anno.write_text(anno.read_text() + "1,2,3,4\n")  # 13 boxes for 12 frames
-    with pytest.raises(AnnotationError, match=r"bbb_2.txt:13: 13 boxes for 12 frames"):
+    anno.write_text(anno.read_text() + "1,2,3,4\n")  # 13 boxes for 12 frames: frame 12.jpg is missing
+    with pytest.raises(FrameError, match=r"bbb_2/12.jpg: missing frame 13 of trackingnet/bbb_2 .*line 13 of .*bbb_2"):
         read_dataset("trackingnet", root, "train")
 
 
@@ -215,7 +215,7 @@ def test_cache_hit_and_invalidation(tmp_path, shared_data):
     root = got10k_tree(tmp_path, shared_data)
     cache = tmp_path / "cache"
     a = cached_read("got10k", root, "train", cache_dir=cache)
-    (pkl,) = cache.glob("got10k-train-*.pkl")
+    (pkl,) = cache.glob("got10k-train-*.npz")
     stamp = pkl.stat().st_mtime_ns
     b = cached_read("got10k", root, "train", cache_dir=cache)
     assert pkl.stat().st_mtime_ns == stamp  # hit: not rewritten
@@ -231,6 +231,38 @@ def test_cache_hit_and_invalidation(tmp_path, shared_data):
     assert pkl.stat().st_mtime_ns != stamp
 
 
+class _Planted:
+    """Unpickling this creates ``marker``: what a crafted cache file would do with code."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_annotation_cache_never_unpickles(tmp_path, shared_data, caplog):
+    import io
+    import pickle
+
+    root = got10k_tree(tmp_path, shared_data)
+    cache, marker = tmp_path / "cache", tmp_path / "code_ran"
+    ref = cached_read("got10k", root, "train", cache_dir=cache)
+    (path,) = cache.iterdir()
+    buf = io.BytesIO()
+    np.savez(buf, meta=np.array([_Planted(str(marker))], dtype=object))  # a pickle inside an .npz member
+    for planted in (pickle.dumps((_Planted(str(marker)), [])), buf.getvalue()):
+        path.write_bytes(planted)
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            got = cached_read("got10k", root, "train", cache_dir=cache)
+        assert not marker.exists()
+        assert f"ignoring annotation cache {path}" in caplog.text and "pickle" in caplog.text
+        assert [s.name for s in got] == [s.name for s in ref] and all(
+            np.array_equal(a.boxes, b.boxes) and a.frames == b.frames for a, b in zip(got, ref))
+    assert path.read_bytes()[:2] == b"PK"  # rebuilt as a plain .npz
+
+
 def test_check_data_reports_every_problem(tmp_path, shared_data, capsys):
     from lorat_scale.cli import main
 
@@ -244,14 +276,15 @@ def test_check_data_reports_every_problem(tmp_path, shared_data, capsys):
     lines[4] = "600,300,100,100"  # reaches outside 640x360
     gt.write_text("\n".join(lines) + "\n")
     res = check_dataset("custom", root, decode=True)
-    assert res.sequences == 2 and res.annotation_problems == 2  # bad line + 6 boxes for 5 frames
+    # seq1: which of its frames is missing cannot be told (first or last?), so it is not used.
+    assert res.sequences == 1 and res.annotation_problems == 2  # bad line + 6 boxes for 5 frames
     assert res.corrupt_frames == 1 and res.out_of_image_boxes == 1
     text = "\n".join(res.problems)
     assert f"{gt}:2: cannot read 'oops'" in text and f"{gt}:5: box xyxy" in text
     assert "seq0/3.jpg: cannot decode" in text and "seq1/groundtruth.txt:6: 6 boxes for 5 frames" in text
     assert main(["check-data", "--format", "custom", "--root", str(root)]) == 1  # no --decode: JPEG not checked
     out = capsys.readouterr().out
-    assert "cannot decode" not in out and "sequences 2" in out and "3 problems" in out
+    assert "cannot decode" not in out and "sequences 1" in out and "3 problems" in out
     ok = custom_tree(tmp_path / "ok", shared_data, n_seqs=1, n=3)
     assert main(["check-data", "--format", "custom", "--root", str(ok), "--decode"]) == 0
     assert "OK" in capsys.readouterr().out

@@ -6,13 +6,15 @@ import os
 import numpy as np
 import pytest
 
+from lorat_scale.boxes import xyxy_to_xywh
 from lorat_scale.data.readers import otb
 from lorat_scale.data.sequence import Sequence
-from lorat_scale.evaluation.metrics import IOU_THRESHOLDS
-from lorat_scale.evaluation.results import ResultFileError, read_sequence_result
+from lorat_scale.evaluation.benchmarks import GroundTruth
+from lorat_scale.evaluation.results import ResultFileError, RunRecord, read_sequence_result
 from lorat_scale.evaluation.runner import evaluate_results, pending_tasks, run_benchmark
 
 N = 12  # frames per test sequence (decoding real frames is the slow part)
+IOU_THRESHOLDS = np.linspace(0, 1, 21)
 
 
 class ShiftTracker:
@@ -53,6 +55,10 @@ def seqs(shared_data) -> list[Sequence]:
     return out
 
 
+def _gts(seqs: list[Sequence]) -> list[GroundTruth]:
+    return [GroundTruth(s.name, xyxy_to_xywh(s.boxes), s.name) for s in seqs]
+
+
 def _expected_auc(seq: Sequence, dx: float) -> float:
     """Hand formula: frame 0 is the GT (IoU 1 -> 20 of 21 thresholds); others IoU = (w - dx) / (w + dx)."""
     w = seq.boxes[:, 2] - seq.boxes[:, 0]
@@ -63,38 +69,63 @@ def _expected_auc(seq: Sequence, dx: float) -> float:
 
 def test_run_resume_and_metrics(tmp_path, seqs):
     f = Factory(seqs, dx=2.0)
-    written = run_benchmark(f, seqs, tmp_path, "shift2", log=None)
+    written = run_benchmark(f, seqs, tmp_path, "shift2", "p", log=None)
     assert len(written) == 3 and f.built == 1
-    boxes, times = read_sequence_result(tmp_path / "shift2" / "run_001" / "A.txt", num_frames=N)
-    assert boxes[0].tolist() == seqs[0].boxes[0].tolist()  # frame 0 = the init box
-    assert boxes[1] == pytest.approx(seqs[0].boxes[1] + [2, 0, 2, 0])
+    boxes, times = read_sequence_result(tmp_path / "shift2" / "p_000" / "A.txt")
+    assert boxes[0].tolist() == xyxy_to_xywh(seqs[0].boxes[0]).tolist()  # frame 0 = the init box
+    assert boxes[1] == pytest.approx(xyxy_to_xywh(seqs[0].boxes[1] + [2, 0, 2, 0]))
     assert times is not None and len(times) == N
-    # Resume: nothing left to do; remove one result and only that one runs again.
-    assert run_benchmark(f, seqs, tmp_path, "shift2", log=None) == [] and f.built == 1  # no tracker built
-    (tmp_path / "shift2" / "run_001" / "B.txt").unlink()
-    assert [p.rsplit("/", 1)[1] for p in run_benchmark(f, seqs, tmp_path, "shift2", log=None)] == ["B.txt"]
-    s = evaluate_results(seqs, tmp_path, "shift2", convention="stark")
-    assert s.prec == 1.0 and s.norm_prec == 1.0  # 2 px shift; 2 / w < 0.2 for these boxes
-    assert s.auc == pytest.approx(np.mean([_expected_auc(q, 2.0) for q in seqs]), abs=1e-12)
-    assert "validity=stark" in str(s) and "shift2" in str(s)
+    # Resume: nothing left to run, but the tracker is still built (a broken model is never hidden);
+    # remove one result and only that one runs again.
+    assert run_benchmark(f, seqs, tmp_path, "shift2", "p", log=None) == [] and f.built == 2
+    (tmp_path / "shift2" / "p_000" / "B.txt").unlink()
+    assert [p.rsplit("/", 1)[1] for p in run_benchmark(f, seqs, tmp_path, "shift2", "p", log=None)] == ["B.txt"]
+    s = evaluate_results(_gts(seqs), tmp_path, "shift2", "p", "stark", "otb")
+    assert s.scores["P"] == 100.0 and s.scores["P_norm"] == 100.0  # 2 px shift; 2 / w < 0.2 for these boxes
+    assert s.scores["AUC"] == pytest.approx(100 * np.mean([_expected_auc(q, 2.0) for q in seqs]), abs=1e-4)
+    assert "by convention stark (STARK analysis" in str(s) and "shift2/p" in str(s) and "OTB-100" in str(s)
 
 
 def test_ranks_split_the_work_and_repeats_average(tmp_path, seqs):
-    t0 = pending_tasks(seqs, tmp_path, "t", repeat=2, rank=0, world_size=2)
-    t1 = pending_tasks(seqs, tmp_path, "t", repeat=2, rank=1, world_size=2)
+    t0 = pending_tasks(seqs, tmp_path, "t", "p", repeat=2, rank=0, world_size=2)
+    t1 = pending_tasks(seqs, tmp_path, "t", "p", repeat=2, rank=1, world_size=2)
     p0, p1 = {p for _, p in t0}, {p for _, p in t1}
     assert len(p0) == len(p1) == 3 and not p0 & p1 and len(p0 | p1) == 6
     f = Factory(seqs, dx=3.0, jitter=1.5)
-    run_benchmark(f, seqs, tmp_path, "t", repeat=2, rank=0, world_size=2, log=None)
-    with pytest.raises(ResultFileError, match="run_002/A.txt: result file not found"):  # rank 1's share
-        evaluate_results(seqs, tmp_path, "t")
-    run_benchmark(f, seqs, tmp_path, "t", repeat=2, rank=1, world_size=2, log=None)
-    both = evaluate_results(seqs, tmp_path, "t")
-    r1 = evaluate_results(seqs, tmp_path, "t", runs=["run_001"])
-    r2 = evaluate_results(seqs, tmp_path, "t", runs=["run_002"])
-    assert r1.auc != r2.auc  # the jitter differs between runs
-    assert both.auc == pytest.approx((r1.auc + r2.auc) / 2, abs=1e-12)
-    assert both.extra["runs"] == ["run_001", "run_002"]
+    run_benchmark(f, seqs, tmp_path, "t", "p", repeat=2, rank=0, world_size=2, log=None)
+    with pytest.raises(ResultFileError, match="p_001/A.txt: result file not found"):  # rank 1's share
+        evaluate_results(_gts(seqs), tmp_path, "t", "p", "mmtracking", "otb")
+    run_benchmark(f, seqs, tmp_path, "t", "p", repeat=2, rank=1, world_size=2, log=None)
+    both = evaluate_results(_gts(seqs), tmp_path, "t", "p", "mmtracking", "otb")
+    r1 = evaluate_results(_gts(seqs), tmp_path, "t", "p", "mmtracking", "otb", runs=["p_000"])
+    r2 = evaluate_results(_gts(seqs), tmp_path, "t", "p", "mmtracking", "otb", runs=["p_001"])
+    assert r1.scores["AUC"] != r2.scores["AUC"]  # the jitter differs between runs
+    assert both.scores["AUC"] == pytest.approx((r1.scores["AUC"] + r2.scores["AUC"]) / 2, abs=1e-12)
+    assert both.runs == ["p_000", "p_001"]
+
+
+class Recorded(Factory):
+    """A factory that says what model it is (as LoRATFactory does with content hashes)."""
+
+    def __init__(self, seqs, dx, name):
+        super().__init__(seqs, dx)
+        self.name = name
+
+    def record(self):
+        return RunRecord({"model": self.name}, {"checkpoint": f"{self.name}/model.safetensors"})
+
+
+def test_results_of_another_model_are_refused_not_mixed(tmp_path, seqs):
+    run_benchmark(Recorded(seqs[:1], 1.0, "runA"), seqs[:1], tmp_path, "t", "p", log=None)
+    b = Recorded(seqs[:2], 5.0, "runB")
+    with pytest.raises(ResultFileError, match=r"p_000 holds results of another model.*runA.*runB"):
+        run_benchmark(b, seqs[:2], tmp_path, "t", "p", log=None)
+    assert b.built == 0 and not (tmp_path / "t" / "p_000" / "B.txt").exists()
+    # Runs of one name produced by different models are not averaged either
+    run_benchmark(b, seqs[:1], tmp_path, "t", "q", log=None)
+    (tmp_path / "t" / "q_000").rename(tmp_path / "t" / "p_001")
+    with pytest.raises(ResultFileError, match="produced by different models or settings and are not averaged"):
+        evaluate_results(_gts(seqs[:1]), tmp_path, "t", "p", "stark", "otb")
 
 
 class Broken(Factory):
@@ -106,21 +137,21 @@ class Broken(Factory):
 
 def test_tracker_error_names_the_sequence(tmp_path, seqs):
     with pytest.raises(RuntimeError, match=r"tracking otb/A .* failed: ValueError: model exploded"):
-        run_benchmark(Broken(seqs[:1], dx=0.0), seqs[:1], tmp_path, "broken", log=None)
-    assert not (tmp_path / "broken" / "run_001" / "A.txt").exists()
+        run_benchmark(Broken(seqs[:1], dx=0.0), seqs[:1], tmp_path, "broken", "p", log=None)
+    assert not (tmp_path / "broken" / "p_000" / "A.txt").exists()
 
 
 def test_process_pool_workers(tmp_path, seqs):
     f = Factory(seqs, dx=2.0)
-    written = run_benchmark(f, seqs, tmp_path, "pool", num_workers=2, log=None)
+    written = run_benchmark(f, seqs, tmp_path, "pool", "p", num_workers=2, log=None)
     assert sorted(p.rsplit("/", 1)[1] for p in written) == ["A.txt", "B.txt", "C.txt"]
-    s = evaluate_results(seqs, tmp_path, "pool")
-    assert s.auc == pytest.approx(np.mean([_expected_auc(q, 2.0) for q in seqs]), abs=1e-12)
+    s = evaluate_results(_gts(seqs), tmp_path, "pool", "p", "got10k", "otb")
+    assert s.scores["AUC"] == pytest.approx(100 * np.mean([_expected_auc(q, 2.0) for q in seqs]), abs=1e-9)
 
 
 def test_lasot_results_are_in_the_toolkit_coordinates(tmp_path, shared_data):
     """The LaSOT reader makes boxes 0-based; result files must be 1-based like the official toolkit."""
-    from lorat_scale.evaluation.runner import load_benchmark
+    from lorat_scale.evaluation.benchmarks import load_ground_truth, load_sequences
 
     src = shared_data / "lasot" / "airplane" / "airplane-1"
     d = tmp_path / "lasot" / "airplane" / "airplane-1"
@@ -132,11 +163,12 @@ def test_lasot_results_are_in_the_toolkit_coordinates(tmp_path, shared_data):
     for flag in ("full_occlusion.txt", "out_of_view.txt"):
         (d / flag).write_text(",".join(["0"] * 8))
     (tmp_path / "lasot" / "testing_set.txt").write_text("airplane-1")
-    seqs = load_benchmark("lasot", tmp_path / "lasot")
+    seqs = load_sequences("lasot", tmp_path / "lasot")
     assert seqs[0].boxes[0].tolist() == [366, 100, 407, 116]  # 0-based inside lorat_scale
-    run_benchmark(Factory(seqs, dx=0.0), seqs, tmp_path / "res", "gt", log=None)
-    written = (tmp_path / "res" / "gt" / "run_001" / "airplane-1.txt").read_text().splitlines()
-    assert [[float(v) for v in ln.split(",")] for ln in written] == [[float(v) for v in ln.split(",")]
-                                                                      for ln in gt_lines]
-    s = evaluate_results(seqs, tmp_path / "res", "gt", convention="pytracking")
-    assert s.auc == pytest.approx(20 / 21)
+    run_benchmark(Factory(seqs, dx=0.0), seqs, tmp_path / "res", "gt", "p", log=None)
+    written = (tmp_path / "res" / "gt" / "p_000" / "airplane-1.txt").read_text().splitlines()
+    assert [[float(v) for v in ln.split()] for ln in written] == [[float(v) for v in ln.split(",")]
+                                                                   for ln in gt_lines]
+    gts = load_ground_truth("lasot", tmp_path / "lasot")
+    s = evaluate_results(gts, tmp_path / "res", "gt", "p", "pytracking", "lasot")
+    assert s.scores["AUC"] == pytest.approx(100 * 20 / 21, abs=1e-4)

@@ -44,7 +44,7 @@ def test_roundtrip_is_exact(tmp_path, shared_data):
     root = lasot_tree(tmp_path, shared_data, n=40)
     (src,) = read_dataset("lasot", root, "train")  # airplane-2, frames 4,5 occluded
     out = tmp_path / "shards"
-    m = make_shards([src], out, {"format": "lasot"}, core=10, margin=5, min_shards=2, progress=False)
+    m = make_shards([src], out, {"format": "lasot"}, core=10, margin=5, readers=2, progress=False)
     assert m["totals"]["records"] == 4 and m["totals"]["sequences"] == 1 and m["num_shards"] == 2
     assert m["totals"]["frames"] == 15 + 20 + 20 + 15 - 2  # windows [0,15) [5,25) [15,35) [25,40), minus 2 invalid
     recs = sorted(_records(out), key=lambda s: s.offset)
@@ -76,7 +76,7 @@ def test_resume_rewrites_only_unfinished(tmp_path, shared_data):
     os.replace(out / names[3], out / (names[3] + ".partial"))
     (out / "manifest.json").write_text(json.dumps(m))
     seqs = read_dataset("custom", tmp_path / "custom")
-    m2 = make_shards(seqs, out, {"format": "custom"}, min_shards=5, progress=False)
+    m2 = make_shards(seqs, out, {"format": "custom"}, readers=5, progress=False)
     assert all(s["done"] for s in m2["shards"])
     assert {s["name"]: s["sha256"] for s in m2["shards"]} == sha  # byte-identical rewrite
     for n in names:
@@ -84,13 +84,13 @@ def test_resume_rewrites_only_unfinished(tmp_path, shared_data):
         assert rewritten == (n in (names[2], names[3]))
     # a different source no longer matches the recorded plan
     with pytest.raises(ValueError, match="plan hash differs"):
-        make_shards(seqs[:-1], out, {"format": "custom"}, min_shards=5, progress=False)
+        make_shards(seqs[:-1], out, {"format": "custom"}, readers=5, progress=False)
 
 
 def test_coco_one_record_per_image(tmp_path, shared_data):
     seqs = read_dataset("coco", shared_data / "det/coco128")[:40]
     images = {s.frames[0] for s in seqs}
-    m = make_shards(seqs, tmp_path / "c", {"format": "coco"}, min_shards=2, progress=False)
+    m = make_shards(seqs, tmp_path / "c", {"format": "coco"}, readers=2, progress=False)
     assert m["totals"]["records"] == len(images) and m["totals"]["items"] == 40
     got = _records(tmp_path / "c")
     assert sorted(s.name for s in got) == sorted(s.name for s in seqs)
@@ -110,12 +110,12 @@ def test_make_shards_script_parallel(tmp_path, shared_data, capsys):
     spec.loader.exec_module(mod)
     root = custom_tree(tmp_path, shared_data, n_seqs=4, n=3)
     out = tmp_path / "sh"
-    assert mod.main(["--format", "custom", "--root", str(root), "--out", str(out), "--min-shards", "4",
-                     "--workers", "2"]) == 0  # a process pool of 2
+    assert mod.main(["--format", "custom", "--root", str(root), "--out", str(out), "--readers", "4",
+                     "--num-workers", "2"]) == 0  # a process pool of 2
     assert "4 shards, 4 records, 4 sequences, 12 frames" in capsys.readouterr().out
     m = read_manifest(out)
     assert m["source"]["format"] == "custom" and len(m["source"]["fingerprint"]) == 64
-    assert m["format_version"] == 1 and sum(s["bytes"] for s in m["shards"]) == m["totals"]["bytes"]
+    assert m["format_version"] == 2 and sum(s["bytes"] for s in m["shards"]) == m["totals"]["bytes"]
 
 
 def _sample(out):

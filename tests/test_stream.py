@@ -101,19 +101,33 @@ def _corrupt(shards, which: str):
     return first["__key__"]
 
 
-@pytest.mark.parametrize("which,counter", [("jpeg", "bad_image"), ("box", "bad_box")])
-def test_bad_record_skipped_counted_logged_or_raised(shards, caplog, which, counter):
-    key = _corrupt(shards, which)
+def test_bad_box_record_skipped_counted_logged_or_raised(shards, caplog):
+    key = _corrupt(shards, "box")
     url0 = shard_urls(shards)[0]
     stats = StreamStats()
     with caplog.at_level(logging.WARNING, logger="lorat_scale.data.stream"):
         got = _keys(ShardStream.from_manifest(shards, stats=stats, shuffle=False, worker_info=(0, 1, 0, 1)))
     d = stats.as_dict()
     # 10 good records, then one re-read pass to refill the quota (it meets the bad record again)
-    assert d["records"] == 11 and d["bad_records"] == 2 and d[counter] == 2
+    assert d["records"] == 11 and d["bad_records"] == 2 and d["bad_box"] == 2
     assert d["refills"] == 1 and len(got) == 11 and len(set(got)) == 10  # the count stays at the quota
     assert any(key in r.getMessage() and url0 in r.getMessage() for r in caplog.records)
     with pytest.raises(BadSampleError, match=key):
+        list(ShardStream.from_manifest(shards, cfg=DataConfig(on_bad_sample="raise"), shuffle=False))
+
+
+def test_bad_frame_costs_that_frame_not_the_record(shards, caplog):
+    """Issue 16: one truncated frame in a record is dropped (counted, logged); the record's other frames stay."""
+    key = _corrupt(shards, "jpeg")
+    stats = StreamStats()
+    with caplog.at_level(logging.WARNING, logger="lorat_scale.data.stream"):
+        seqs = list(ShardStream.from_manifest(shards, stats=stats, shuffle=False, worker_info=(0, 1, 0, 1)))
+    d = stats.as_dict()
+    assert d["records"] == 11 and d["bad_records"] == 0 and d["bad_image"] == 1 and d["refills"] == 0
+    (hit,) = [s for s in seqs if f"custom-{s.name}-w0000" == key]
+    assert hit.valid.tolist() == [True, False, True] and "000001.jpg" not in hit.frame_bytes
+    assert any(f"{key}/000001.jpg: JPEG has no end marker" in r.getMessage() for r in caplog.records)
+    with pytest.raises(BadSampleError, match=f"{key}/000001.jpg"):
         list(ShardStream.from_manifest(shards, cfg=DataConfig(on_bad_sample="raise"), shuffle=False))
 
 

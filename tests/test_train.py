@@ -6,8 +6,8 @@ compute bit-identical numbers.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
+import math
 import os
 import signal
 import subprocess
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
 TINY = ["model.embed_dim=32", "model.depth=2", "model.num_heads=2", "model.lora_r=4", "model.lora_alpha=8",
         "model.template_size=28", "model.search_size=56", "model.pretrain_grid=6", "train.precision=fp32",
-        "train.tracker=none", "data.num_workers=0", "train.log_every=1000"]
+        "train.log_with=none", "data.num_workers=0", "train.log_every=1000"]
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +38,10 @@ def sources(shared_data):
 
 @pytest.fixture(scope="module")
 def train_module():
-    """scripts/train.py imported as a module (its main() runs in-process)."""
-    spec = importlib.util.spec_from_file_location("lorat_train_script", ROOT / "scripts" / "train.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    """The training loop module (its main() runs in-process)."""
+    from lorat_scale.train import loop
+
+    return loop
 
 
 def run_inprocess(mod, argv):
@@ -117,11 +116,102 @@ def test_fill_ds_config_from_run_config():
     assert plugin.deepspeed_config["train_micro_batch_size_per_gpu"] == 4 and plugin.zero_stage == 2
 
 
+def test_broken_or_non_object_ds_json_is_one_line_naming_the_file(train_module, sources, tmp_path):
+    broken, array = tmp_path / "broken.json", tmp_path / "array.json"
+    broken.write_text('{"zero_optimization": {"stage": 2,}}')
+    array.write_text('[{"zero_optimization": {"stage": 2}}]')
+    argv = ["--variant", "S-224", *TINY, *sources, f"train.output_dir={tmp_path / 'run'}"]
+    with pytest.raises(SystemExit) as e:
+        run_inprocess(train_module, [*argv, "--ds", str(broken)])
+    msg = str(e.value)
+    assert msg.startswith(f"error: --ds {broken}: line 1 column 35: not valid JSON") and "\n" not in msg
+    with pytest.raises(SystemExit, match=rf"--ds {array}: expected a JSON object .* got a JSON list"):
+        run_inprocess(train_module, [*argv, "--ds", str(array)])
+    with pytest.raises(SystemExit, match=rf"--ds {tmp_path / 'nope.json'}: cannot read"):
+        run_inprocess(train_module, [*argv, "--ds", str(tmp_path / "nope.json")])
+
+
+def test_run_checks_refuse_unsafe_option_sets():
+    from lorat_scale.config import load_config
+    from lorat_scale.train.distributed import check_run
+
+    zero3 = json.loads((ROOT / "ds_configs" / "zero3.json").read_text())
+    zero2 = json.loads((ROOT / "ds_configs" / "zero2.json").read_text())
+    # bf16 trainable weights under plain AdamW: no master copy, small updates vanish.
+    with pytest.raises(ConfigError, match="model.trainable_dtype=bf16 .* no fp32 master copy"):
+        check_run(load_config("S-224", ["model.trainable_dtype=bf16"]), None, "cuda")
+    check_run(load_config("S-224", ["model.trainable_dtype=bf16"]), zero2, "cuda")  # DeepSpeed keeps fp32 masters
+    # Quantized frozen weights cannot be partitioned by ZeRO-3.
+    for storage in ("int8", "nf4"):
+        with pytest.raises(ConfigError, match=f"model.frozen_dtype={storage} with ZeRO-3"):
+            check_run(load_config("g-224", [f"model.frozen_dtype={storage}"]), zero3, "cuda")
+        check_run(load_config("g-224", [f"model.frozen_dtype={storage}"]), zero2, "cuda")
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
+        check_run(load_config("S-224", ["train.precision=fp16"]), None, "cpu")
+
+
+def test_bitsandbytes_releases_that_requantize_int8_on_a_move_are_refused():
+    from lorat_scale.models.lora import check_bitsandbytes
+
+    for bad in ("0.46.0", "0.47.1"):
+        with pytest.raises(RuntimeError, match=f"bitsandbytes {bad}: this release re-quantizes int8 weights"):
+            check_bitsandbytes(bad, "int8")
+        check_bitsandbytes(bad, "nf4")  # 4-bit parameters track their own quantized state
+    for good in ("0.45.5", "0.48.0", "0.50.2"):
+        check_bitsandbytes(good, "int8")
+
+
+def test_deepspeed_step_logs_the_engines_grad_norm():
+    """Under DeepSpeed the engine clips and steps; its norm is logged even where accelerate returns None."""
+    from lorat_scale.train.step import LocalRunner, train_step
+
+    class Engine(torch.nn.Module):  # what the step uses of a DeepSpeed engine
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 1)
+
+        def forward(self, z, x, mask):
+            s = self.lin(x).squeeze(-1)
+            return {"score_map": s, "boxes": torch.sigmoid(torch.stack([s] * 4, -1)).cumsum(-1) / 4}
+
+        def get_global_grad_norm(self):
+            return torch.tensor(0.75)
+
+    class Runner(LocalRunner):  # older accelerate under DeepSpeed: clip_grad_norm_ returns None
+        def clip_grad_norm_(self, params, max_norm):
+            return None
+
+    engine = Engine()
+    batch = {"z": torch.zeros(2, 1), "x": torch.randn(2, 3, 3, 4), "z_feat_mask": torch.zeros(2, 1),
+             "target_box": torch.tensor([[0.2, 0.2, 0.6, 0.6]] * 2),
+             "positive_map": torch.ones(2, 3, 3, dtype=torch.bool)}
+    opt = torch.optim.SGD(engine.parameters(), lr=0.1)
+    res = train_step(engine, opt, [batch], Runner("cpu"), trainable=list(engine.parameters()), grad_clip=1.0,
+                     deepspeed=True)
+    assert res.row()["grad_norm"] == 0.75
+
+
+def test_one_command_language_for_training(capsys):
+    """lorat-scale train is the loop's own parser; --variant (not --config); train.log_with (not train.tracker)."""
+    from lorat_scale.cli import main
+    from lorat_scale.config import load_config
+
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--help"])
+    assert e.value.code == 0 and "usage: lorat-scale train" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["train", "--config", "L-224"])
+    assert "--config was renamed --variant: use --variant L-224" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="'train.tracker' was renamed 'train.log_with': use train.log_with=wandb"):
+        load_config("S-224", ["train.tracker=wandb"])
+    assert load_config("S-224", ["train.log_with=wandb"]).train.log_with == "wandb"
+
+
 def test_fp16_on_cpu_is_a_clear_error(train_module, sources, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("CPU-only check")
     with pytest.raises(SystemExit, match="fp16 needs a CUDA GPU"):
-        run_inprocess(train_module, ["--config", "S-224", *TINY, *sources, "train.precision=fp16",
+        run_inprocess(train_module, ["--variant", "S-224", *TINY, *sources, "train.precision=fp16",
                                      f"train.output_dir={tmp_path}"])
 
 
@@ -130,7 +220,7 @@ def test_fp16_on_cpu_is_a_clear_error(train_module, sources, tmp_path):
 # ----------------------------------------------------------------------------------------------
 def test_loss_goes_down(train_module, sources, tmp_path):
     run = tmp_path / "run"
-    argv = ["--config", "S-224", *TINY, *sources, "data.pairs_per_epoch=16", "data.val_pairs_per_epoch=16",
+    argv = ["--variant", "S-224", *TINY, *sources, "data.pairs_per_epoch=16", "data.val_pairs_per_epoch=16",
             "train.global_batch=8", "train.micro_batch=8", "train.epochs=20", "train.warmup_epochs=0",
             "train.lr=3e-3", "train.min_lr=3e-4", "train.val_every=20", "train.save_every=0",
             f"train.output_dir={run}"]
@@ -151,33 +241,60 @@ def test_loss_goes_down(train_module, sources, tmp_path):
     assert not any("patch_embed" in k or "norm1" in k for k in weights)
 
 
-def test_nonfinite_steps_are_skipped_then_stop(train_module, sources, tmp_path, monkeypatch):
-    real = train_module.forward_loss
-    calls = {"n": 0}
+def flaky_loss(monkeypatch, bad_calls):
+    """Make the step's loss non-finite on the given (1-based) calls."""
+    from lorat_scale.train import step
 
-    def flaky(model, batch, n):
+    real, calls = step.lorat_loss, {"n": 0}
+
+    def flaky(outputs, batch, n):
         calls["n"] += 1
-        res = real(model, batch, n)
-        if calls["n"] == 2 or calls["n"] >= 5:  # step 2 is bad once; from step 5 on every step is bad
+        res = real(outputs, batch, n)
+        if bad_calls(calls["n"]):
             res["loss"] = res["loss"] * float("nan")
         return res
 
-    monkeypatch.setattr(train_module, "forward_loss", flaky)
+    monkeypatch.setattr(step, "lorat_loss", flaky)
+
+
+def test_nonfinite_skip_option_skips_then_stops(train_module, sources, tmp_path, monkeypatch):
+    flaky_loss(monkeypatch, lambda n: n == 2 or n >= 5)  # step 2 is bad once; from step 5 on every step is bad
     run = tmp_path / "run"
-    argv = ["--config", "S-224", *TINY, sources[0], "data.pairs_per_epoch=64", "train.global_batch=4",
-            "train.micro_batch=4", "train.epochs=1", "train.max_bad_steps=3", "train.save_every=0",
-            f"train.output_dir={run}"]
-    with pytest.raises(SystemExit, match="3 consecutive non-finite losses"):
+    argv = ["--variant", "S-224", *TINY, sources[0], "data.pairs_per_epoch=64", "train.global_batch=4",
+            "train.micro_batch=4", "train.epochs=1", "train.on_nonfinite=skip", "train.max_bad_steps=3",
+            "train.save_every=0", f"train.output_dir={run}"]
+    with pytest.raises(SystemExit, match="3 skipped steps in a row"):
         run_inprocess(train_module, argv)
     rows = metrics(run)
     assert [rows[s]["bad"] for s in range(1, 8)] == [False, True, False, False, True, True, True]
     assert "grad_norm" not in rows[2] and "grad_norm" in rows[3]  # no update on a skipped step
-    dump = json.loads((run / "bad_batch_rank0.json").read_text())
-    assert dump["step"] == 7 and len(dump["keys"]) == 4 and dump["keys"][0].count("/") == 3
+    assert sorted(p.name for p in run.glob("nonfinite_step_*")) == ["nonfinite_step_00000007"]
+
+
+def test_nonfinite_loss_stops_by_default_and_dumps_the_state(train_module, sources, tmp_path, monkeypatch):
+    """The spec's NaN guard: the first non-finite loss writes keys, step, loss parts and weights, then stops."""
+    flaky_loss(monkeypatch, lambda n: n == 6)  # step 3's second micro-batch
+    run = tmp_path / "run"
+    argv = ["--variant", "S-224", *TINY, sources[0], "data.pairs_per_epoch=64", "train.global_batch=4",
+            "train.micro_batch=2", "train.epochs=1", "train.save_every=0", f"train.output_dir={run}"]
+    with pytest.raises(SystemExit, match=r"stopping at step 3: non-finite loss \(train.on_nonfinite=stop\).*"
+                                         r"nonfinite_step_00000003"):
+        run_inprocess(train_module, argv)
+    dump = run / "nonfinite_step_00000003"
+    report = json.loads((dump / "batch_rank0.json").read_text())
+    assert report["step"] == 3 and report["world_size"] == 1 and len(report["keys"]) == 4
+    assert all(k.count("/") == 3 for k in report["keys"])  # <dataset>/<sequence>/<t>/<s>
+    parts = report["loss_parts"]
+    assert len(parts) == 2 and all(math.isfinite(v) for v in parts[0].values())
+    assert math.isnan(parts[1]["loss"]) and math.isfinite(parts[1]["loss_bce"])
+    weights = load_file(dump / "trainable.safetensors")
+    assert "token_type_embed" in weights and all(torch.isfinite(v).all() for v in weights.values())
+    # The weights dumped are those before the bad step: steps 1 and 2 updated, step 3 did not.
+    assert sorted(metrics(run)) == [1, 2, 3] and metrics(run)[3]["bad"] is True
 
 
 def test_one_vs_two_processes_same_losses(train_module, sources, tmp_path):
-    common = ["--config", "S-224", *TINY, sources[0], "data.pairs_per_epoch=16", "train.global_batch=8",
+    common = ["--variant", "S-224", *TINY, sources[0], "data.pairs_per_epoch=16", "train.global_batch=8",
               "train.epochs=2", "train.warmup_epochs=0", "train.lr=3e-3", "train.save_every=0", "train.log_pairs=true"]
     one, two = tmp_path / "one", tmp_path / "two"
     assert run_inprocess(train_module, [*common, "train.micro_batch=4", f"train.output_dir={one}"]) == 0
@@ -208,7 +325,8 @@ def test_one_vs_two_processes_same_losses(train_module, sources, tmp_path):
 def test_deepspeed_zero2_step_and_resume(sources, tmp_path):
     pytest.importorskip("deepspeed")
     run = tmp_path / "ds"
-    cmd = [PY, str(ROOT / "scripts" / "train.py"), "--config", "S-224", "--ds", str(ROOT / "ds_configs" / "zero2.json"),
+    cmd = [PY, str(ROOT / "scripts" / "train.py"), "--variant", "S-224",
+           "--ds", str(ROOT / "ds_configs" / "zero2.json"),
            *TINY, sources[0], "train.precision=bf16", "data.pairs_per_epoch=8", "train.global_batch=4",
            "train.micro_batch=2", "train.epochs=2", "train.save_every=0", f"train.output_dir={run}"]
     # The first DeepSpeed run on a machine JIT-builds an op (cached in ~/.cache/torch_extensions).
@@ -218,6 +336,7 @@ def test_deepspeed_zero2_step_and_resume(sources, tmp_path):
     assert "DeepSpeed" in proc.stdout and "accum 2" in proc.stdout  # ZeRO-2 engine, micro 2 x accum 2
     rows = metrics(run)
     assert sorted(rows) == [1, 2] and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows.values())
+    assert all(r["grad_norm"] > 0 for r in rows.values())  # the engine's own norm
     # timm's schedule drives the DeepSpeed optimizer: warm-up of 4 steps from 1e-7 to 1e-4.
     assert rows[2]["lr"] == pytest.approx(1e-7 + (1e-4 - 1e-7) / 4, rel=1e-9)
     ck = run / "checkpoints" / "step_00000002"
@@ -235,7 +354,7 @@ def test_deepspeed_zero2_step_and_resume(sources, tmp_path):
 
 
 def test_kill9_then_resume_is_bit_identical(train_module, sources, tmp_path):
-    common = ["--config", "S-224", *TINY, *sources, "data.pairs_per_epoch=16", "data.val_pairs_per_epoch=4",
+    common = ["--variant", "S-224", *TINY, *sources, "data.pairs_per_epoch=16", "data.val_pairs_per_epoch=4",
               "train.global_batch=4", "train.micro_batch=2", "train.epochs=3", "train.warmup_epochs=1",
               "train.lr=3e-3", "train.save_every=4", "train.keep_checkpoints=2", "train.val_every=6",
               "model.drop_path=0.2", "model.batch_subset_drop_path=false", "model.lora_dropout=0.1"]  # RNG in use
@@ -264,12 +383,30 @@ def test_kill9_then_resume_is_bit_identical(train_module, sources, tmp_path):
     assert not list((run / "checkpoints").glob(".tmp_*"))
 
 
-def test_shard_stream_training_resumes_exactly(train_module, tmp_path, shared_data):
-    """shards=MANIFEST sources: the stream path trains, and a stop + --resume auto continues bit-exactly."""
+def test_resume_with_compile(train_module, sources, tmp_path, monkeypatch):
+    """train.compile=true: checkpoints carry the plain parameter names and a compiled run resumes from them."""
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: real_compile(m, backend="eager"))  # dynamo, no codegen
+    common = ["--variant", "S-224", *TINY, sources[0], "data.pairs_per_epoch=8", "train.global_batch=2",
+              "train.micro_batch=2", "train.epochs=1", "train.warmup_epochs=0", "train.lr=3e-3", "train.compile=true",
+              "train.save_every=2", f"train.output_dir={tmp_path}"]
+    assert run_inprocess(train_module, [*common, "train.max_steps=2"]) == 0
+    saved = load_file(tmp_path / "checkpoints" / "step_00000002" / "model.safetensors")
+    assert "token_type_embed" in saved and not any(k.startswith("_orig_mod.") for k in saved)
+    assert run_inprocess(train_module, [*common, "train.max_steps=3", "--resume", "auto"]) == 0
+    assert sorted(metrics(tmp_path)) == [1, 2, 3]
+    after = load_file(tmp_path / "model.safetensors")
+    assert any(not torch.equal(saved[k], after[k]) for k in saved)  # step 3 trained on the loaded weights
+
+
+@pytest.mark.parametrize("access", ["random", "stream"])
+def test_shard_training_resumes_exactly(train_module, tmp_path, shared_data, access):
+    """shards=FOLDER sources, random access and the stream: training runs, a stop + --resume auto continues bit-exactly."""
     from _data_trees import build_shards
 
     shards = build_shards(tmp_path / "src", shared_data, n_seqs=4, n=6, min_shards=2)
-    common = ["--config", "S-224", *TINY, f"data.train_sources=[shards={shards}]", "data.pairs_per_epoch=16",
+    common = ["--variant", "S-224", *TINY, f"data.train_sources=[shards={shards}]", "data.pairs_per_epoch=16",
+              f"data.shard_access={access}",
               "data.num_workers=0", "train.global_batch=4", "train.micro_batch=2", "train.epochs=2",
               "train.warmup_epochs=0", "train.lr=3e-3", "train.save_every=0", "train.log_pairs=true"]
     ref, run = tmp_path / "ref", tmp_path / "run"

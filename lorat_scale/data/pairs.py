@@ -8,6 +8,7 @@ A resumed run therefore sees exactly the samples it would have seen.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,11 +19,13 @@ import torch
 from lorat_scale.boxes import cell_mask
 from lorat_scale.config import DataConfig
 from lorat_scale.data import augment, crop
-from lorat_scale.data.decode import decode_image
-from lorat_scale.data.sequence import Sequence
+from lorat_scale.data.decode import decode_image_reduced, image_size
+from lorat_scale.data.sequence import BadImageError, Sequence
 
 __all__ = [
     "FrameLoader",
+    "collate",
+    "split_counts",
     "PairSamplingError",
     "JitteredCrop",
     "load_frame",
@@ -35,7 +38,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FrameLoader = Callable[[Sequence, int], np.ndarray]
-STRIDE = 14  # ViT patch size: template-mask and label cell size
 MAX_RESAMPLES = 100  # pairs re-drawn (bad frame, no valid frame, jitter failure) before giving up
 
 
@@ -43,12 +45,72 @@ class PairSamplingError(RuntimeError):
     """No usable pair could be drawn; the message names the dataset."""
 
 
-def load_frame(seq: Sequence, i: int) -> np.ndarray:
-    """Default frame loader: ``seq``'s encoded bytes (file or in-memory shard) -> uint8 HWC RGB."""
+# Encoded bytes and frames read by this process (files or shard ranges); make_pair reports its share.
+IO_COUNTS = {"bytes": 0, "frames": 0}
+
+
+def read_bytes(seq: Sequence, i: int) -> bytes:
+    """``seq``'s encoded frame ``i`` (file, in-memory record or shard range), counted in ``IO_COUNTS``."""
     try:
-        return decode_image(seq.read_bytes(i))
+        data = seq.read_bytes(i)
+    except BadImageError:
+        raise  # names its shard, byte range, sequence and frame already
     except OSError as e:
-        raise OSError(f"{seq.key}/{seq.frames[i]}: {e}") from e
+        raise BadImageError(f"{seq.frame_name(i)}: cannot read frame ({e.strerror or e})", "missing") from e
+    IO_COUNTS["bytes"] += len(data)
+    IO_COUNTS["frames"] += 1
+    return data
+
+
+def load_frame(seq: Sequence, i: int) -> np.ndarray:
+    """Default frame loader: ``Sequence.load_frame`` (strict decode, size checked; ``BadImageError`` names the file),
+    its bytes counted in ``IO_COUNTS``."""
+    return seq.load_frame(i, read_bytes(seq, i))
+
+
+class _Frame:
+    """One frame of a pair. Exact decoding decodes it at once; with ``reduced`` only the bytes and the header
+    are read here and the pixels are decoded later, at the scale its crop needs (decode.decode_image_reduced)."""
+
+    def __init__(self, seq: Sequence, i: int, loader: FrameLoader, reduced: bool) -> None:
+        self.seq, self.i = seq, i
+        if reduced:
+            self.data: bytes | None = read_bytes(seq, i)
+            try:
+                self.wh = image_size(self.data)
+            except OSError as e:
+                raise BadImageError(f"{seq.frame_name(i)}: cannot decode image ({e})", "corrupt") from e
+            self.img = None
+        else:
+            self.data, self.img = None, loader(seq, i)
+            self.wh = (self.img.shape[1], self.img.shape[0])
+        self.factor = 1.0
+
+    def pixels(self, scale: float) -> tuple[np.ndarray, float]:
+        """(uint8 HWC image, its size / the frame's size) for a crop of ``scale`` output px per frame px."""
+        if self.img is None:
+            name = self.seq.frame_name(self.i)
+            try:
+                self.img, self.factor = decode_image_reduced(self.data, scale)
+            except OSError as e:
+                raise BadImageError(f"{name}: cannot decode image ({e})", "corrupt") from e
+            want = self.seq.size_of(self.i)
+            if want is not None and tuple(self.wh) != tuple(want):
+                raise BadImageError(f"{name}: frame is {self.wh[0]}x{self.wh[1]}, expected {want[0]}x{want[1]} (the "
+                                    f"size {self.seq.key}'s boxes are measured on)", "size")
+        return self.img, self.factor
+
+
+def _crop(img: np.ndarray, factor: float, params: np.ndarray, out: int) -> tuple[torch.Tensor, np.ndarray]:
+    """crop.crop_image on an image decoded at ``factor`` of the frame's size; params in frame coordinates."""
+    if factor == 1.0:
+        return crop.crop_image(img, params, out)
+    p = params.copy()
+    p[0] /= factor  # x_crop = s * x + t = (s / f) * x_small + t, with x_small = f * x
+    c, adj = crop.crop_image(img, p, out)
+    adj = adj.copy()
+    adj[0] *= factor
+    return c, adj
 
 
 def sample_frames(seq: Sequence, rng: np.random.Generator, max_gap: int) -> tuple[int, int] | None:
@@ -129,12 +191,26 @@ def make_pair(
     seq_index: int | None = None,
     load_frame: FrameLoader = load_frame,
     augment_images: bool = True,
+    patch_size: int = 14,
 ) -> dict:
-    """One training sample (ARCHITECTURE.md "A training sample") drawn with ``rng`` from ``sequences``."""
+    """One training sample (ARCHITECTURE.md "A training sample") drawn with ``rng`` from ``sequences``.
+
+    ``patch_size`` is the model's (``ModelConfig.patch_size``): the cell size of the template mask
+    and of the label map, which must match the model's token grids.
+    """
     if not sequences:
         raise PairSamplingError("no sequences to sample from")
+    check_grid(template_size, search_size, patch_size)
     with _one_torch_thread():
-        return _make_pair(sequences, cfg, rng, template_size, search_size, seq_index, load_frame, augment_images)
+        return _make_pair(sequences, cfg, rng, template_size, search_size, seq_index, load_frame, augment_images,
+                          patch_size)
+
+
+def check_grid(template_size: int, search_size: int, patch_size: int) -> None:
+    """Crop sides must be whole numbers of patches (else the labels would not match the model's grid)."""
+    for name, size in (("template_size", template_size), ("search_size", search_size)):
+        if patch_size <= 0 or size % patch_size:
+            raise ValueError(f"{name} {size} is not a multiple of patch_size {patch_size}")
 
 
 def _make_pair(
@@ -146,12 +222,14 @@ def _make_pair(
     seq_index: int | None,
     load_frame: FrameLoader,
     augment_images: bool,
+    patch: int,
 ) -> dict:
     """make_pair's body (run with one torch thread)."""
     tz, tx = template_size, search_size
     errors = []
-    # Data-quality counters, summed per batch by the training collate (scripts/train.py).
-    counters = {"resampled": 0, "bad_frames": 0}
+    # Data-quality and IO counters of this sample; summed per batch by ``collate``, once.
+    counters = {"resampled": 0, "bad_frames": 0, "bytes_read": 0, "frames_read": 0}
+    io0 = dict(IO_COUNTS)
     for attempt in range(MAX_RESAMPLES):
         counters["resampled"] = attempt
         si = seq_index if (attempt == 0 and seq_index is not None) else int(rng.integers(len(sequences)))
@@ -174,23 +252,26 @@ def _make_pair(
         try:
             crop.check_box(z_box, f"{key} template box")
             crop.check_box(x_box, f"{key} search box")
-            x_frame = load_frame(seq, s)
+            x_frame = _Frame(seq, s, load_frame, cfg.reduced_decode)
         except (OSError, ValueError) as e:
             skip_bad(e)
             continue
-        x_wh = (x_frame.shape[1], x_frame.shape[0])
-        jit = jitter_search_params(x_box, x_wh, cfg, tx, cfg.search_area_factor, rng)
+        jit = jitter_search_params(x_box, x_frame.wh, cfg, tx, cfg.search_area_factor, rng)
         if jit is None:
             continue  # the whole pair is re-sampled (LoRAT's rejection rule)
+        # Out-of-frame area is padded with each image's own mean colour (training transform).
+        z_req = crop.siamfc_params(z_box, cfg.template_area_factor, tz)
         try:
-            z_frame = x_frame if t == s else load_frame(seq, t)
+            z_frame = x_frame if t == s else _Frame(seq, t, load_frame, cfg.reduced_decode)
+            # Same frame: one decode at the finer of the two crops' scales.
+            x_img, fx = x_frame.pixels(float(jit.params_requested[0].max()) if t != s else
+                                       float(max(jit.params_requested[0].max(), z_req[0].max())))
+            z_img, fz = z_frame.pixels(float(z_req[0].max()))
         except OSError as e:
             skip_bad(e)
             continue
-        # Out-of-frame area is padded with each image's own mean colour (training transform).
-        z_req = crop.siamfc_params(z_box, cfg.template_area_factor, tz)
-        z, z_params = crop.crop_image(z_frame, z_req, tz)  # pad: the frame's mean, only if needed
-        x, _ = crop.crop_image(x_frame, jit.params_requested, tx)
+        z, z_params = _crop(z_img, fz, z_req, tz)  # pad: the frame's mean, only if needed
+        x, _ = _crop(x_img, fx, jit.params_requested, tx)
         z_box_c = crop.map_boxes(z_params, z_box)
         x_box_c = jit.box_crop
         if augment_images:
@@ -200,13 +281,21 @@ def _make_pair(
         else:
             z, x = augment.normalize(z), augment.normalize(x)
         x_box_c = np.clip(x_box_c, 0.0, tx)  # boxes are clipped to the crop after augmentation
+        if cfg.reduced_decode:
+            counters["reduced_frames"] = int(fx < 1.0) + int(t != s and fz < 1.0)
+        counters["bytes_read"] = IO_COUNTS["bytes"] - io0["bytes"]
+        counters["frames_read"] = IO_COUNTS["frames"] - io0["frames"]
         return {
             "z": z,
             "x": x,
-            "z_feat_mask": torch.from_numpy(cell_mask(z_box_c, STRIDE, (tz // STRIDE, tz // STRIDE))),
+            "z_feat_mask": torch.from_numpy(cell_mask(z_box_c, patch, (tz // patch, tz // patch))),
             "target_box": torch.from_numpy((x_box_c / tx).astype(np.float32)),
-            "positive_map": torch.from_numpy(cell_mask(x_box_c, STRIDE, (tx // STRIDE, tx // STRIDE)).astype(bool)),
-            "key": key,
+            "positive_map": torch.from_numpy(cell_mask(x_box_c, patch, (tx // patch, tx // patch)).astype(bool)),
+            # Where the pair comes from, as fields (the datasets add "source" and "position").
+            "sequence": seq.key,
+            "template_frame": seq.offset + t,
+            "search_frame": seq.offset + s,
+            "key": key,  # the same, as one string for logs and error reports
             "counters": counters,
         }
     ds = sequences[0].dataset
@@ -216,7 +305,7 @@ def _make_pair(
     )
 
 
-def _split_counts(total: int, weights: list[float]) -> np.ndarray:
+def split_counts(total: int, weights: list[float]) -> np.ndarray:
     """Integer shares of ``total`` proportional to ``weights`` (largest remainders, sums to total)."""
     w = np.asarray(weights, dtype=np.float64)
     exact = total * w / w.sum()
@@ -226,8 +315,62 @@ def _split_counts(total: int, weights: list[float]) -> np.ndarray:
     return counts
 
 
+def rank_and_world(rank: int | None = None, world: int | None = None) -> tuple[int, int]:
+    """(rank, world size) from the arguments, else torch.distributed, else RANK/WORLD_SIZE, else (0, 1)."""
+    if rank is None or world is None:
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            r, w = dist.get_rank(), dist.get_world_size()
+        else:
+            r, w = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        rank = r if rank is None else rank
+        world = w if world is None else world
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} outside world size {world}")
+    return int(rank), int(world)
+
+
+def collate(samples: list[dict]) -> dict:
+    """Stack a micro-batch; the samples' data-quality and IO counters are summed (once) under ``counters``."""
+    counters: dict[str, int] = {}
+    for s in samples:
+        for k, v in (s.pop("counters", None) or {}).items():
+            counters[k] = counters.get(k, 0) + int(v)
+        counters["no_positive"] = counters.get("no_positive", 0) + int(not bool(s["positive_map"].any()))
+        counters["same_frame"] = counters.get("same_frame", 0) + int(s["template_frame"] == s["search_frame"])
+    batch = torch.utils.data.default_collate(samples)
+    batch["counters"] = counters
+    return batch
+
+
+def worker_init_fn(worker_id: int) -> None:  # noqa: ARG001 - DataLoader's signature
+    """``DataLoader(worker_init_fn=...)``: one OpenCV and one torch thread per loader worker (no oversubscription)."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+def fork_safe_opencv() -> None:
+    """Call in the parent before starting loader workers: OpenCV's thread pool does not survive ``fork``.
+
+    A forked worker that touches the pool it inherited (``cv2.setNumThreads``, or a parallel cv2 call) waits
+    forever on the parent's condition variable (seen: ``pthread_cond_destroy`` in a worker after a parent ran
+    GaussianBlur). With one OpenCV thread in the parent there is no pool to inherit; the parent does no image
+    work while workers load.
+    """
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
 class PairDataset(torch.utils.data.Dataset):
-    """Map-style dataset of training pairs: index -> sample, deterministic in (cfg.seed, epoch, index)."""
+    """Map-style dataset of training pairs: index -> sample, deterministic in (cfg.seed, epoch, index).
+
+    ``patch_size`` is the model's (``ModelConfig.patch_size``): labels and template mask are on its grid.
+    ``rank``/``world_size`` (default: torch.distributed, else RANK/WORLD_SIZE) choose this rank's batches in
+    ``epoch_loader``.
+    """
 
     def __init__(
         self,
@@ -239,6 +382,9 @@ class PairDataset(torch.utils.data.Dataset):
         load_frame: FrameLoader = load_frame,
         augment_images: bool = True,
         pairs_per_epoch: int | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+        patch_size: int = 14,
     ) -> None:
         sources = [list(s) for s in sources]
         if not sources or any(len(s) == 0 for s in sources):
@@ -247,17 +393,25 @@ class PairDataset(torch.utils.data.Dataset):
         if len(weights) != len(sources) or min(weights) < 0 or sum(weights) <= 0:
             raise ValueError(f"data.weights {weights} must give one non-negative weight per source ({len(sources)})")
         self.sources, self.cfg, self.weights = sources, cfg, weights
-        self.template_size, self.search_size = template_size, search_size
+        check_grid(template_size, search_size, patch_size)
+        self.template_size, self.search_size, self.patch_size = template_size, search_size, patch_size
         self.load_frame, self.augment_images = load_frame, augment_images
         self.length = int(pairs_per_epoch if pairs_per_epoch is not None else cfg.pairs_per_epoch)
+        self.rank, self.world_size = rank_and_world(rank, world_size)
         self.set_epoch(epoch)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Build the epoch plan: which dataset and sequence each index draws from."""
-        self.epoch = int(epoch)
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Build the epoch plan (which dataset and sequence each index draws from).
+
+        ``start`` (samples this rank already consumed) is accepted for the common dataset interface: here
+        every index is drawn independently, so the loader simply starts at the right batch.
+        """
+        if getattr(self, "_plan_epoch", None) == int(epoch):
+            return  # the plan is a function of (seed, epoch): already built
+        self.epoch = self._plan_epoch = int(epoch)
         # spawn_key keeps this stream apart from the per-sample default_rng([seed, epoch, index]).
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.cfg.seed, self.epoch], spawn_key=(1,))))
-        counts = _split_counts(self.length, self.weights)
+        counts = split_counts(self.length, self.weights)
         ds_of_index = rng.permutation(np.repeat(np.arange(len(self.sources)), counts))
         seq_of_index = np.empty(self.length, dtype=np.int64)
         for d, n in enumerate(counts):
@@ -280,7 +434,7 @@ class PairDataset(torch.utils.data.Dataset):
         if not 0 <= index < self.length:
             raise IndexError(f"pair index {index} out of range [0, {self.length})")
         d, s = int(self._plan_ds[index]), int(self._plan_seq[index])
-        return make_pair(
+        sample = make_pair(
             self.sources[d],
             self.cfg,
             self.rng_for(index),
@@ -289,4 +443,31 @@ class PairDataset(torch.utils.data.Dataset):
             seq_index=s,
             load_frame=self.load_frame,
             augment_images=self.augment_images,
+            patch_size=self.patch_size,
         )
+        sample["source"], sample["position"] = d, int(index)
+        return sample
+
+    def epoch_loader(self, epoch: int, steps: range, global_batch: int, micro_batch: int, num_workers: int,
+                     seed: int = 0) -> torch.utils.data.DataLoader:
+        """This rank's micro-batches of the optimizer steps ``steps`` of ``epoch``, in order.
+
+        Step ``k`` uses indices ``[k * global_batch, (k + 1) * global_batch)``, split by
+        ``train.distributed.micro_batch_indices``: every index once per epoch over all ranks, the same count
+        on every rank and (round-robin by batch) on every loader worker; a resumed run starts at its step.
+        """
+        from lorat_scale.train.distributed import micro_batch_indices
+
+        self.set_epoch(epoch, steps.start * global_batch // self.world_size)
+        batches = [mb for k in steps for mb in micro_batch_indices(k, global_batch, micro_batch, self.world_size,
+                                                                     self.rank)]
+        if num_workers > 0:
+            fork_safe_opencv()
+        # Own generator: creating a loader must not consume the global torch RNG (bit-exact resume).
+        return torch.utils.data.DataLoader(self, batch_sampler=batches, num_workers=num_workers, collate_fn=collate,
+                                           pin_memory=torch.cuda.is_available(), worker_init_fn=worker_init_fn,
+                                           generator=torch.Generator().manual_seed(seed))
+
+    def counters(self) -> dict[str, int]:
+        """Dataset-level counters beyond those the samples carry (none for this dataset)."""
+        return {}

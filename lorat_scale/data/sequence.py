@@ -6,10 +6,12 @@ into ``frame_bytes`` (in-memory JPEG bytes) for sequences decoded from shards.
 """
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+
+from .decode import decode_image
 
 
 class SequenceError(ValueError):
@@ -40,6 +42,9 @@ class Sequence:
     offset: int = 0  # index of frames[0] in the full source sequence (after trimming)
     annotation: str = field(default="", repr=False, compare=False)  # source annotation file (for messages)
     weight: float = 1.0  # share of the source sequence's valid frames in ``core`` (1 = whole sequence)
+    # Indexed shards (shards.ShardStore): frames are read by byte range through this store; the per-frame
+    # locations live in ``extra`` (shard, offset, nbytes, crc32). None for files and in-memory frames.
+    store: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 4)
@@ -103,23 +108,47 @@ class Sequence:
 
     def read_bytes(self, i: int) -> bytes:
         """Encoded bytes of frame ``i`` (from memory for shard sequences, else from disk)."""
+        if self.store is not None:
+            return self.store.read_frame(self, i)
         f = self.frames[i]
         if self.frame_bytes:
             return self.frame_bytes[f]
         with open(f, "rb") as fh:
             return fh.read()
 
-    def load_frame(self, i: int) -> np.ndarray:
-        """Decode frame ``i`` to uint8 HWC RGB (lazy: only the frames asked for are decoded)."""
-        from PIL import Image
+    def frame_name(self, i: int) -> str:
+        """Where frame ``i`` comes from, for messages: its file path, or ``dataset/name/key`` in a shard."""
+        return f"{self.key}/{self.frames[i]}" if self.frame_bytes or self.store is not None else self.frames[i]
 
-        where = self.frames[i] if not self.frame_bytes else f"{self.key}/{self.frames[i]}"
+    def load_frame(self, i: int, data: bytes | None = None) -> np.ndarray:
+        """Decode frame ``i`` to uint8 HWC RGB, strictly, and check its size against the sequence's.
+
+        Raises ``BadImageError`` naming the file (or shard key) when it cannot be read
+        (``kind="missing"``), is not a complete, valid image (``kind="corrupt"``), or differs in
+        size from what its box was measured on (``kind="size"``): such a frame is never trained on.
+        """
         try:
-            with Image.open(io.BytesIO(self.read_bytes(i))) as im:
-                return np.asarray(im.convert("RGB"))
-        except (OSError, SyntaxError, ValueError) as e:  # PIL raises these on corrupt/truncated data
-            raise BadImageError(f"{where}: cannot decode image ({e})") from e
+            data = self.read_bytes(i) if data is None else data  # ``data``: its bytes, already read by the caller
+        except OSError as e:
+            raise BadImageError(f"{self.frame_name(i)}: cannot read frame ({e.strerror or e})", "missing") from e
+        try:
+            frame = decode_image(data)
+        except OSError as e:  # corrupt or truncated data, not an image
+            raise BadImageError(f"{self.frame_name(i)}: cannot decode image ({e})", "corrupt") from e
+        want = self.size_of(i)
+        if want is not None and (frame.shape[1], frame.shape[0]) != tuple(want):
+            raise BadImageError(f"{self.frame_name(i)}: frame is {frame.shape[1]}x{frame.shape[0]}, expected "
+                                f"{want[0]}x{want[1]} (the size {self.key}'s boxes are measured on)", "size")
+        return frame
 
 
 class BadImageError(OSError):
-    """A frame cannot be decoded; the message names the file or shard key."""
+    """A frame cannot be used; the message names the file or shard key.
+
+    ``kind`` is "missing" (the file cannot be read), "corrupt" (not a complete, valid image) or
+    "size" (its size differs from the sequence's).
+    """
+
+    def __init__(self, msg: str, kind: str = "corrupt"):
+        super().__init__(msg)
+        self.kind = kind

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import random
+import re
 from itertools import islice
 from typing import Any, Iterator
 
@@ -32,6 +33,7 @@ import webdataset as wds
 from ..config import DataConfig
 from .sequence import Sequence
 from .shards import BadSampleError, decode_record, read_manifest, shard_urls
+from .storage import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +145,14 @@ class ShardStream(torch.utils.data.IterableDataset):
 
     def _handler(self, exn: Exception) -> bool:
         """webdataset error handler for tar-level errors (unreadable URL, truncated tar)."""
+        text = " ".join(str(a) for a in exn.args)
+        # A transport failure (a `pipe:` command such as curl exiting non-zero, a refused connection) is not a
+        # damaged shard: it stops the run with the URL and the cause instead of being skipped as bad data.
+        # An empty stream from a `pipe:` command is the same failure seen before its exit status arrives.
+        if (isinstance(exn, (ConnectionError, TimeoutError)) or re.search(r"\bexit (status )?[1-9]", text)
+                or ("empty file" in text and "pipe:" in text)):
+            raise StorageError(f"reading shard stream failed: {text} (storage unreachable or the command failed; "
+                               "not counted as bad data)") from exn
         if self.cfg.on_bad_sample == "raise":
             raise exn
         # webdataset reports one broken tar twice (member iterator, then file expander; the first
@@ -159,8 +169,11 @@ class ShardStream(torch.utils.data.IterableDataset):
     def _decode(self, src: Iterator[dict]) -> Iterator[Sequence]:
         """Records -> Sequences; bad records counted and logged (with shard and key) or raised."""
         for sample in src:
+            problems: list[str] = []
             try:
-                seqs = decode_record(sample, check_images=self.cfg.check_images)
+                # A bad frame costs that frame (marked invalid, counted), not the record.
+                seqs = decode_record(sample, check_images=self.cfg.check_images,
+                                     problems=None if self.cfg.on_bad_sample == "raise" else problems)
             except BadSampleError as e:
                 if self.cfg.on_bad_sample == "raise":
                     raise
@@ -169,6 +182,9 @@ class ShardStream(torch.utils.data.IterableDataset):
                     self.stats.add(f"bad_{e.kind}")
                 log.warning("skipped bad record: %s", e)
                 continue
+            for p in problems:
+                self.stats.add("bad_image")
+                log.warning("skipped bad frame: %s", p)
             self.stats.add("records")
             yield from seqs
 
@@ -188,7 +204,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         rank, world, worker, nw = self._info()
         if len(self.urls) < world * nw:
             raise ValueError(f"{len(self.urls)} shards for {world} ranks x {nw} workers: every worker needs at "
-                             "least one shard (write more shards: make_shards.py --min-shards)")
+                             "least one shard (write more shards: make-shards --readers)")
         order = epoch_shards(list(range(len(self.urls))), self.cfg.seed, self.epoch, self.shuffle)
         urls = [self.urls[i] for i in order]
         _, share = quotas([self.counts[i] for i in order], world, nw)

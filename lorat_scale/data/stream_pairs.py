@@ -2,10 +2,13 @@
 
     ds = ShardPairDataset(["/data/shards/lasot-train", "/data/shards/got10k-vot_train"], cfg.data,
                           template_size=112, search_size=224, batch_size=micro_batch)
-    ds.set_epoch(epoch, start_position=consumed_on_this_rank)         # resume (0 for a fresh epoch)
-    loader = DataLoader(ds, batch_size=micro_batch, num_workers=cfg.data.num_workers,
-                        worker_init_fn=worker_init_fn, collate_fn=collate)
-    ...; log(ds.counters())   # stream bad-data counters + pairs, resampled, bad_frames, ...
+    loader = ds.epoch_loader(epoch, range(first_step, last_step), global_batch, micro_batch, num_workers)
+    ...; log(ds.counters())   # stream counters: records, bad_records, ..., failed_pairs, empty_records, passes
+
+The streaming fallback for storage without random access (docs/DATA.md); ``shards=`` sources are read by
+range (``shards.load_shards`` + ``PairDataset``) unless ``data.shard_access=stream``. The shards must have been
+written with ``--margin >= data.max_frame_gap`` (else a template's search frames are not all in its record:
+refused) and with at least ranks x lanes shards (``make-shards --readers``; refused too).
 
 **Layout of an epoch.** Every rank yields exactly ``pairs_per_epoch // world_size`` samples (rank-local
 index ``j``; global ``position = j * world_size + rank``, unique over ranks). The rank's samples are cut
@@ -51,17 +54,17 @@ every epoch). To keep k correlated pairs out of one batch, each lane keeps ``ope
 source open and draws each pair from one of them at random. Memory per lane and source: that many
 records plus ``DataConfig.stream_shuffle_buffer`` in the stream (~12 MiB each).
 
-**Resume.** ``set_epoch(epoch, start_position=j0)`` (``j0`` = samples this rank already consumed, a
+**Resume.** ``set_epoch(epoch, start=j0)`` (``j0`` = samples this rank already consumed, a
 multiple of ``batch_size``): each lane replays its record sequence up to ``j0`` without drawing pairs
 (records are read, no image is decoded), so the remainder is identical to an uninterrupted run with
 the same world size, ``lanes`` and ``batch_size``.
 
-**Counters** (``counters()``): the streams' ``StreamStats`` (records, items, bad_records, bad_image,
-bad_box, bad_tar, refills; summed over sources, and per source as ``src<i>/<name>``) plus pairs,
-resampled, bad_frames (summed from ``make_pair``), failed_pairs (no usable pair in a window after
-``pairs.MAX_RESAMPLES`` draws: drawn from another open record instead), empty_records (records that
-rounded to 0 pairs) and passes (extra passes over a lane's shards). Shared memory: the DataLoader
-workers' counts are visible in the main process. Every sample also carries make_pair's ``counters``.
+**Counters**: every sample carries make_pair's ``counters`` (resampled, bad_frames, bytes read), summed
+once by ``pairs.collate``. ``counters()`` adds what only the stream knows: the streams' ``StreamStats``
+(records, items, bad_records, bad_image, bad_box, bad_tar, refills; summed over sources, and per source
+as ``src<i>/<name>``), failed_pairs (no usable pair in a window after ``pairs.MAX_RESAMPLES`` draws: drawn
+from another open record instead), empty_records (records that rounded to 0 pairs) and passes (extra
+passes over a lane's shards). Shared memory: the DataLoader workers' counts are visible in the main process.
 """
 from __future__ import annotations
 
@@ -78,30 +81,18 @@ import numpy as np
 import torch
 
 from ..config import DataConfig
-from .pairs import PairSamplingError, _split_counts, make_pair
+from .pairs import (PairSamplingError, check_grid, collate, fork_safe_opencv, make_pair, rank_and_world,
+                    split_counts, worker_init_fn)
 from .sequence import Sequence
-from .shards import read_manifest, shard_urls
+from .shards import ShardLayoutError, read_manifest, shard_urls
 from .stream import ShardStream, StreamStats
 
-__all__ = ["ShardSource", "ShardPairDataset", "pairs_for_record", "worker_init_fn", "single_thread"]
+__all__ = ["ShardSource", "ShardPairDataset", "pairs_for_record", "worker_init_fn"]
 
 log = logging.getLogger(__name__)
 
-PAIR_FIELDS = ("pairs", "resampled", "bad_frames", "failed_pairs", "empty_records", "passes")
+PAIR_FIELDS = ("failed_pairs", "empty_records", "passes")
 MAX_EMPTY_PASSES = 100  # passes in a row without a single pair before a lane gives up on a source
-
-
-def single_thread() -> None:
-    """One OpenCV and one torch thread in this process (DataLoader workers: no oversubscription)."""
-    import cv2
-
-    cv2.setNumThreads(1)
-    torch.set_num_threads(1)
-
-
-def worker_init_fn(worker_id: int) -> None:  # noqa: ARG001 - DataLoader's signature
-    """``DataLoader(worker_init_fn=...)``: pin each loader worker to one OpenCV/torch thread."""
-    single_thread()
 
 
 def pairs_for_record(weight: float, scale: float, u: float) -> int:
@@ -117,6 +108,8 @@ class ShardSource:
     counts: tuple[int, ...]
     mean_weight: float = 1.0  # mean Sequence.weight of the items; 1 for whole sequences / images
     name: str = ""
+    margin: int = 10**9  # context frames each side of a record's core (the layout's --margin)
+    split_sequences: int = 0  # sequences cut into several records (margins matter only for them)
 
     @classmethod
     def from_manifest(cls, manifest: str | os.PathLike, base: str | None = None) -> "ShardSource":
@@ -124,7 +117,7 @@ class ShardSource:
         m = read_manifest(manifest)
         done = [s for s in m["shards"] if s.get("done")]
         if not done:
-            raise ValueError(f"{manifest}: no finished shard; run data_prep/make_shards.py to completion")
+            raise ValueError(f"{manifest}: no finished shard; run `lorat-scale make-shards` to completion")
         items = sum(int(s["items"]) for s in done)
         records = sum(int(s["records"]) for s in done)
         if items != records:
@@ -133,7 +126,9 @@ class ShardSource:
             # Windows of one sequence weigh 1 together: mean weight = sequences / windows.
             seqs = (m.get("totals") or {}).get("sequences") or sum(int(s["sequences"]) for s in done)
             mean_w = min(1.0, seqs / max(items, 1))
-        return cls(tuple(shard_urls(manifest, base)), tuple(int(s["items"]) for s in done), mean_w, str(manifest))
+        lay = m.get("layout", {})
+        return cls(tuple(shard_urls(manifest, base)), tuple(int(s["items"]) for s in done), mean_w, str(manifest),
+                   int(lay.get("margin", 0)), int(lay.get("split_sequences", 0)))
 
     @classmethod
     def parse(cls, spec: "str | os.PathLike | ShardSource") -> "ShardSource":
@@ -151,14 +146,15 @@ class ShardPairDataset(torch.utils.data.IterableDataset):
     ``rank``/``world_size``: default torch.distributed, else ``RANK``/``WORLD_SIZE``; ``pairs_per_record``
     (k) and ``open_records``: default ``cfg.stream_pairs_per_record`` / ``cfg.stream_open_records``;
     ``batch_size``: the DataLoader's (``batch_size=None`` loaders: 1); ``lanes``: default
-    ``cfg.num_workers``, a multiple of the loader's workers; ``pairs_per_epoch``: default ``cfg``'s.
+    ``cfg.num_workers``, a multiple of the loader's workers; ``pairs_per_epoch``: default ``cfg``'s;
+    ``patch_size``: the model's (``ModelConfig.patch_size``), the cell size of the template mask and labels.
     """
 
     def __init__(self, sources: Seq["str | os.PathLike | ShardSource"], cfg: DataConfig, template_size: int = 112,
                  search_size: int = 224, epoch: int = 0, rank: int | None = None, world_size: int | None = None,
                  pairs_per_record: float | None = None, batch_size: int = 1, lanes: int | None = None,
-                 open_records: int | None = None, pairs_per_epoch: int | None = None, start_position: int = 0,
-                 augment_images: bool = True) -> None:
+                 open_records: int | None = None, pairs_per_epoch: int | None = None, start: int = 0,
+                 augment_images: bool = True, patch_size: int = 14) -> None:
         self.sources = [ShardSource.parse(s) for s in sources]
         if not self.sources:
             raise ValueError("ShardPairDataset needs at least one source (a shard folder or manifest)")
@@ -174,8 +170,9 @@ class ShardPairDataset(torch.utils.data.IterableDataset):
         if batch_size < 1 or open_records < 1:
             raise ValueError(f"batch_size={batch_size} and open_records={open_records} must be >= 1")
         self.cfg, self.weights = cfg, [float(w) for w in weights]
-        self.template_size, self.search_size = template_size, search_size
-        self.rank, self.world_size = _rank_world(rank, world_size)
+        check_grid(template_size, search_size, patch_size)
+        self.template_size, self.search_size, self.patch_size = template_size, search_size, patch_size
+        self.rank, self.world_size = rank_and_world(rank, world_size)
         self.pairs_per_record, self.batch_size, self.open_records = float(pairs_per_record), batch_size, open_records
         self.lanes = int(lanes if lanes is not None else max(cfg.num_workers, 1))
         if self.lanes < 1:
@@ -190,21 +187,38 @@ class ShardPairDataset(torch.utils.data.IterableDataset):
         # Created here, before DataLoader workers start, so that their counts are shared with us.
         self.stream_stats = [StreamStats() for _ in self.sources]
         self._pair_stats = mp.Array("q", len(PAIR_FIELDS))
-        self.set_epoch(epoch, start_position)
+        self._check_layout()
+        self.set_epoch(epoch, start)
 
     # ------------------------------------------------------------------------------ epoch, resume
-    def set_epoch(self, epoch: int, start_position: int = 0) -> None:
-        """Select the epoch and the first rank-local sample to yield (= samples already consumed)."""
-        sp = int(start_position)
+    def _check_layout(self) -> None:
+        """Refuse shards that cannot serve this sampling: margins below the frame gap, fewer shards than readers."""
+        for s in self.sources:
+            if s.margin < self.cfg.max_frame_gap and s.split_sequences:
+                raise ShardLayoutError(
+                    f"{s.name}: written with margin {s.margin} < data.max_frame_gap={self.cfg.max_frame_gap} and "
+                    f"{s.split_sequences} sequences cut into records: streamed records would lack search frames. "
+                    "Read them with data.shard_access=random, or rewrite with make-shards --margin "
+                    f"{self.cfg.max_frame_gap}")
+            readers = self.world_size * self.lanes
+            if len(s.urls) < readers:
+                raise ShardLayoutError(
+                    f"{s.name}: {len(s.urls)} shards for {self.world_size} ranks x {self.lanes} loader lanes = {readers} "
+                    f"stream readers: rewrite with make-shards --readers {self.world_size}x{self.lanes} (or more), or "
+                    "read them with data.shard_access=random (any number of readers)")
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch and the first rank-local sample to yield (= samples this rank already consumed)."""
+        sp = int(start)
         if not 0 <= sp <= self.per_rank:
-            raise ValueError(f"start_position={sp} outside [0, {self.per_rank}] (samples per rank this epoch)")
+            raise ValueError(f"start={sp} outside [0, {self.per_rank}] (samples per rank this epoch)")
         if sp % self.batch_size and sp != self.per_rank:
-            raise ValueError(f"start_position={sp} is not a multiple of batch_size={self.batch_size}: the DataLoader "
+            raise ValueError(f"start={sp} is not a multiple of batch_size={self.batch_size}: the DataLoader "
                              "consumes whole batches")
         self.epoch, self.start_position = int(epoch), sp
         # Source of every global position: exact per-epoch counts, in a (seed, epoch)-seeded order.
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.cfg.seed, self.epoch], spawn_key=(4,))))
-        counts = _split_counts(self.per_rank * self.world_size, self.weights)
+        counts = split_counts(self.per_rank * self.world_size, self.weights)
         self.plan = rng.permutation(np.repeat(np.arange(len(self.sources), dtype=np.int16), counts))
 
     def state_dict(self, consumed: int | None = None) -> dict[str, Any]:
@@ -225,8 +239,21 @@ class ShardPairDataset(torch.utils.data.IterableDataset):
         self.set_epoch(int(state["epoch"]), int(state["position"]))
 
     def __len__(self) -> int:
-        """Samples this rank yields in the current epoch (from ``start_position``)."""
+        """Samples this rank yields in the current epoch (from ``start``)."""
         return self.per_rank - self.start_position
+
+    def epoch_loader(self, epoch: int, steps: range, global_batch: int, micro_batch: int, num_workers: int,
+                     seed: int = 0) -> torch.utils.data.DataLoader:
+        """This rank's micro-batches of the optimizer steps ``steps`` of ``epoch``, in order (as PairDataset's)."""
+        if micro_batch != self.batch_size:
+            raise ValueError(f"micro_batch={micro_batch} but the stream was built for batch_size={self.batch_size}")
+        # The stream yields this rank's samples in order from a position (= samples already consumed).
+        self.set_epoch(epoch, steps.start * global_batch // self.world_size)
+        if num_workers > 0:
+            fork_safe_opencv()
+        return torch.utils.data.DataLoader(self, batch_size=micro_batch, num_workers=num_workers, collate_fn=collate,
+                                           pin_memory=torch.cuda.is_available(), worker_init_fn=worker_init_fn,
+                                           generator=torch.Generator().manual_seed(seed))
 
     # ------------------------------------------------------------------------------ counters
     def counters(self, per_source: bool = False) -> dict[str, int]:
@@ -252,7 +279,7 @@ class ShardPairDataset(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         worker, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         if info is not None:
-            single_thread()  # also without worker_init_fn: a worker must not spawn a thread pool per op
+            worker_init_fn(info.id)  # also without worker_init_fn: a worker must not spawn a thread pool per op
         if self.lanes % nw:
             raise ValueError(f"lanes={self.lanes} is not a multiple of the DataLoader's num_workers={nw}: a lane "
                              "must be served by one worker (set lanes = num_workers)")
@@ -318,7 +345,7 @@ class _Cursor:
                 if self.pass_items == 0:
                     raise RuntimeError(f"{where}: its shards gave no record (too few items for "
                                        f"{self.ds.world_size} ranks x {self.ds.lanes} lanes: write more shards, "
-                                       "make_shards.py --min-shards)")
+                                       "make-shards --readers)")
                 self.empty_passes = 0 if self.pass_paid else self.empty_passes + 1
                 if self.empty_passes >= MAX_EMPTY_PASSES:
                     raise RuntimeError(f"{where}: {MAX_EMPTY_PASSES} passes without a pair (every record weight x "
@@ -370,7 +397,7 @@ class _Lane:
         for k, window in enumerate([seq, *others]):
             try:
                 s = make_pair([window], c, rng, ds.template_size, ds.search_size, seq_index=0,
-                              augment_images=ds.augment_images)
+                              augment_images=ds.augment_images, patch_size=ds.patch_size)
             except PairSamplingError as e:
                 if c.on_bad_sample == "raise":
                     raise
@@ -379,25 +406,7 @@ class _Lane:
                 ds._count("failed_pairs")
                 log.warning("no pair from %s (offset %d), position %d: %s", window.key, window.offset, position, e)
                 continue
-            ds._count("pairs")
-            ds._count("resampled", int(s["counters"]["resampled"]))
-            ds._count("bad_frames", int(s["counters"]["bad_frames"]))
             s["position"], s["source"] = position, src
             return s
         raise PairSamplingError(f"source {src} position {position}: no usable pair in any of the {1 + len(others)} "
                                 f"open records (last: {seq.key})")
-
-
-def _rank_world(rank: int | None, world: int | None) -> tuple[int, int]:
-    """(rank, world size) from the arguments, else torch.distributed, else RANK/WORLD_SIZE, else (0, 1)."""
-    if rank is None or world is None:
-        dist = torch.distributed
-        if dist.is_available() and dist.is_initialized():
-            r, w = dist.get_rank(), dist.get_world_size()
-        else:
-            r, w = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-        rank = r if rank is None else rank
-        world = w if world is None else world
-    if not 0 <= rank < world:
-        raise ValueError(f"rank {rank} outside world size {world}")
-    return int(rank), int(world)

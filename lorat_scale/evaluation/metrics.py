@@ -1,354 +1,574 @@
-"""One-pass-evaluation (OPE) metrics: success AUC, precision, normalized precision, GOT-10k AO/SR.
+"""One-pass evaluation (OPE) metrics, computed exactly as each of the field's toolkits computes them.
 
-Re-implemented from the published definitions (OTB/pytracking/STARK analysis code, the GOT-10k
-toolkit); no code was copied. Boxes are **xyxy** (N, 4) in one coordinate frame for prediction and
-ground truth; NaN ground truth marks an unannotated frame. Every number is tied to a
-``Convention``, which ``Summary.__str__`` prints with the result.
+Trackers are compared by numbers that equal what their authors' toolkit prints, and the
+toolkits disagree in small ways. Each convention below is named after the toolkit it reproduces
+and follows that toolkit's code step by step (re-implemented from the published code, nothing
+copied); every ``Summary`` prints the convention that produced it.
 
-Conventions (differences found in the definitions):
+Inputs are what the toolkits read: predicted and ground-truth boxes as **x,y,w,h in the
+benchmark's own coordinates** (LaSOT 1-based, as its files), row i = frame i. Invalid
+predictions are handled by each toolkit's own rule, below.
 
-* ``validity`` -- which ground-truth frames count:
-  - ``"stark"`` (STARK, OSTrack and LoRAT's default ``stark_behavior=True``): a frame is valid when
-    the GT width and height are both > 0 (and the target is visible, where visibility is given).
-  - ``"pytracking"`` (what LoRAT's ``stark_behavior=False`` calls the pytracking behaviour, and the
-    OTB MATLAB toolkit's ``sum(rect_anno > 0, 2) == 4``): x, y, w and h must *all* be > 0, so a GT
-    box touching the left or top image border (x == 0 or y == 0 in the benchmark's own coordinates)
-    is invalid. Hence metrics must see the toolkit's coordinates: LaSOT is 1-based, and shifting it
-    to 0-based would drop 27,578 visible border frames of the test set under this rule. (Note: the
-    two pytracking versions of ``extract_results.py`` that could be read use w, h > 0 like STARK; an
-    older one divided by the valid frames except on LaSOT/UAV -- ``exclude_invalid=True``.)
-  Both then treat an invalid frame the same way: IoU = -1 (a miss at every threshold, even 0),
-  centre error = +inf (a miss), normalized centre error = -1 (a *hit*: a quirk of the reference
-  definition), except on UAV where the centre error is -1 (a hit), and on LaSOT/VastTrack where an
-  absent (invisible) target gets +inf for both centre errors. The denominator is all frames
-  (``exclude_invalid=False``, the default of both), so GT-vs-GT AUC is 20/21 x the valid fraction.
-* ``iou`` -- ``"continuous"``: area = (x2-x1)(y2-y1); ``"pixel"`` (OTB-era / mmcv ``offset=1``):
-  corners are inclusive pixel indices, area = (x2-x1+1)(y2-y1+1), and the intersection gets +1 too.
-  For xyxy with x2 = x+w the pixel rule treats every box as one pixel larger per side-pair.
-* ``first_frame_gt`` -- pytracking/STARK overwrite the first prediction with the GT (the init box);
-  mmtracking does not.
+=============  ================================================================================
+convention     rules (what differs)
+=============  ================================================================================
+``otb``        OTB MATLAB toolkit (tracker_benchmark v1.0: calcSeqErrRobust.m, calcRectInt.m,
+               genPerfMat.m, perfPlot.m). An invalid prediction (NaN, w or h <= 0) takes the
+               previous frame's box (MATLAB's vector ``if``: a NaN in x or y alone does not count
+               as invalid); frame 1 = the ground truth. A ground-truth frame is valid when x, y,
+               w and h are all > 0; an invalid one gets IoU -1 (a miss) and centre error -1 (a
+               hit at every threshold). Success counts IoU > t for t in ``0:0.05:1`` as MATLAB
+               builds it (symmetric from both ends: 0.6, 0.65, 0.7, 0.85 and 0.95 differ from
+               ``linspace`` in the last bit), precision counts error <= t px; both divided by
+               (frames + eps). Sequences whose whole curve is 0 are left out of the mean
+               (``aa(sum(aa,2)>eps,:)``). AUC = mean of the 21 points, P = value at 20 px.
+``lasot``      LaSOT toolkit (HengLan/LaSOT_Evaluation_Toolkit@95bf38a: calc_seq_err_robust.m,
+               calc_rect_int.m, eval_tracker.m, plot_draw_save.m): the OTB rules, plus frames
+               flagged absent are removed before scoring but still count in the denominator (so
+               they are misses), any NaN in a prediction makes it invalid, and the normalized
+               precision divides centres by the ground-truth w, h (P_norm at 0.20).
+``pytracking`` pytracking analysis (visionml/pytracking@7eb9e74 extract_results.py,
+               plot_results.py): NaN or negative w/h in a prediction stops the evaluation; a
+               zero-size prediction takes the previous box; frame 0 = ground truth; a frame is
+               valid when x, y, w, h are all > 0 and the target is visible (visibility only on
+               LaSOT and LaSOT_ext). Invalid frames: IoU -1, centre error +inf (-1 on UAV123),
+               normalized error -1 (a hit); on LaSOT an invisible frame is +inf for both errors.
+               Thresholds from ``torch.arange(0, 1.05, 0.05)`` (0.65 and 0.75 sit one bit above
+               ``linspace``); curves are float32, averaged over sequences in float32.
+``stark``      STARK analysis (researchmm/Stark@162e1d3 lib/test/analysis): pytracking's code
+               with valid = w, h > 0 (x, y may be <= 0). LoRAT's default (``stark_behavior``).
+``got10k``     got10k-toolkit (PyPI got10k==0.1.3; LaSOT from got-10k/toolkit@956e728):
+               frame 0 = ground truth, IoU with eps in the union, clipped to [0, 1], no validity
+               rule, all frames count (UAV123 and LaSOT: unannotated NaN rows are dropped).
+               Success over ``linspace(0, 1, 21)``, precision at 20 px, SR0.5 = success at 0.5;
+               LaSOT's normalized precision is the *mean* of its curve over
+               ``linspace(0, 0.5, 51)`` (errors divided by max(1, w), max(1, h)). On GOT-10k:
+               frame 0 skipped, boxes clipped to the image (meta_info.ini resolution), frames with
+               cover > 0, IoUs of all sequences and runs pooled: AO, SR0.5, SR0.75.
+``mmtracking`` mmtracking (open-mmlab/mmtracking@e79491ec eval_sot_ope.py with mmdet 2.x
+               bbox_overlaps): no first-frame replacement, IoU in float32 with the union clamped
+               to 1e-6, GT valid where x2 > x1 and y2 > y1, centre error -1 (a hit) where the GT
+               centre has x or y <= 0; on LaSOT only visible frames count (misses otherwise).
+               AUC = mean over all sequences and thresholds of ``np.arange(0, 1.05, 0.05)``.
+=============  ================================================================================
 
-Common to all: predictions with NaN or negative size raise; a zero-size prediction is replaced by
-the previous frame's prediction (where the GT is annotated); success counts IoU > t for
-t in linspace(0, 1, 21) (strict); precision counts centre error <= 20 px; normalized precision
-counts error / GT size <= 0.20.
-
-GOT-10k AO/SR follow the GOT-10k toolkit: the first frame is skipped, only visible annotated frames
-count, boxes are clipped to the image when its size is known (x, y clipped to [0, W]; w clipped to
-[0, W - x]: a box hanging over the left edge is shifted, not cut, as the toolkit does), and the
-overall AO/SR are frame-weighted over all sequences (IoUs concatenated), not a mean of means.
+Repeated runs (the protocol's 3 runs on LaSOT_ext) are averaged per sequence, curve by curve,
+as pytracking's ``merge_results`` does; got10k pools the IoUs of all runs, as its toolkit does.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
-IOU_THRESHOLDS = np.linspace(0.0, 1.0, 21)  # 0, 0.05, ..., 1.0
-PIXEL_THRESHOLDS = np.arange(51, dtype=np.float64)  # 0..50 px
-NORM_THRESHOLDS = np.arange(51, dtype=np.float64) / 100.0  # 0..0.5
-PRECISION_INDEX = 20  # 20 px / 0.20
-
-# Datasets whose absent frames are misses for both centre errors (LaSOT/VastTrack rule).
-_ABSENT_IS_MISS = ("lasot", "vasttrack")
+EPS_MATLAB = float(np.finfo(float).eps)  # MATLAB's eps (2^-52)
 
 
 class MetricsError(ValueError):
-    """Predictions or ground truth cannot be evaluated; the message names the sequence and frame."""
+    """Boxes that a toolkit refuses; the message names the file and 1-based line."""
 
 
 @dataclass(frozen=True)
 class Convention:
-    """How frames are validated and IoU is computed; see the module docstring."""
+    """A metric convention: the toolkit it reproduces and the code it was checked against."""
 
-    validity: str = "stark"  # "stark" | "pytracking"
-    iou: str = "continuous"  # "continuous" | "pixel"
-    first_frame_gt: bool = True
-    exclude_invalid: bool = False  # divide by valid frames instead of all frames
-
-    def __post_init__(self) -> None:
-        if self.validity not in ("stark", "pytracking"):
-            raise ValueError(f"validity must be 'stark' or 'pytracking', not {self.validity!r}")
-        if self.iou not in ("continuous", "pixel"):
-            raise ValueError(f"iou must be 'continuous' or 'pixel', not {self.iou!r}")
-
-    @property
-    def offset(self) -> float:
-        """+1 for the pixel (inclusive-corner) IoU convention, else 0."""
-        return 1.0 if self.iou == "pixel" else 0.0
+    name: str
+    toolkit: str
+    source: str
 
     def __str__(self) -> str:
-        valid = "w,h>0" if self.validity == "stark" else "x,y,w,h>0"
-        return (f"validity={self.validity} ({valid}), iou={self.iou}"
-                f"{' (+1 px)' if self.iou == 'pixel' else ''}, "
-                f"first frame={'GT' if self.first_frame_gt else 'as predicted'}, "
-                f"denominator={'valid frames' if self.exclude_invalid else 'all frames'}")
+        return f"{self.name} ({self.toolkit}: {self.source})"
 
 
-CONVENTIONS: dict[str, Convention] = {
-    "stark": Convention(),  # STARK / OSTrack / LoRAT default
-    "pytracking": Convention(validity="pytracking"),
-    "mmtracking": Convention(first_frame_gt=False),  # mmtracking's eval_sot_ope
-}
+CONVENTIONS: dict[str, Convention] = {c.name: c for c in (
+    Convention("otb", "OTB MATLAB toolkit", "tracker_benchmark v1.0 calcSeqErrRobust.m, perfPlot.m"),
+    Convention("lasot", "LaSOT MATLAB toolkit", "HengLan/LaSOT_Evaluation_Toolkit@95bf38a utils/*.m"),
+    Convention("pytracking", "pytracking analysis", "visionml/pytracking@7eb9e74 pytracking/analysis"),
+    Convention("stark", "STARK analysis", "researchmm/Stark@162e1d3 lib/test/analysis"),
+    Convention("got10k", "got10k-toolkit", "got10k==0.1.3 experiments/, LaSOT: got-10k/toolkit@956e728"),
+    Convention("mmtracking", "mmtracking", "open-mmlab/mmtracking@e79491ec eval_sot_ope.py"),
+)}
 
 
-def get_convention(c: str | Convention, iou: str | None = None) -> Convention:
-    """A preset name (``CONVENTIONS``) or a Convention, optionally with ``iou`` overridden."""
-    if isinstance(c, str):
-        if c not in CONVENTIONS:
-            raise ValueError(f"unknown convention {c!r}; choose from {sorted(CONVENTIONS)}")
-        c = CONVENTIONS[c]
-    return replace(c, iou=iou) if iou else c
+def get_convention(name: str | Convention) -> Convention:
+    """A convention by name (clear error listing the known ones)."""
+    if isinstance(name, Convention):
+        return name
+    if name not in CONVENTIONS:
+        raise ValueError(f"unknown convention {name!r}; choose from {', '.join(CONVENTIONS)}")
+    return CONVENTIONS[name]
 
 
-def iou_xyxy(a: np.ndarray, b: np.ndarray, offset: float = 0.0) -> np.ndarray:
-    """IoU of matching rows of two (N, 4) xyxy arrays; ``offset=1`` for inclusive pixel corners."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    wh = np.clip(np.minimum(a[:, 2:], b[:, 2:]) - np.maximum(a[:, :2], b[:, :2]) + offset, 0, None)
-    inter = wh[:, 0] * wh[:, 1]
-    area_a = (a[:, 2] - a[:, 0] + offset) * (a[:, 3] - a[:, 1] + offset)
-    area_b = (b[:, 2] - b[:, 0] + offset) * (b[:, 3] - b[:, 1] + offset)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return inter / (area_a + area_b - inter)
+def matlab_colon(a: float, d: float, b: float) -> np.ndarray:
+    """``a:d:b`` as MATLAB builds it: from both ends towards the middle (Moler's colonop.m)."""
+    n = int(round((b - a) / d))
+    tol = 2.0 * EPS_MATLAB * max(abs(a), abs(b))
+    if a + n * d - b > tol:
+        n -= 1
+    last = b if abs(a + n * d - b) <= tol else a + n * d
+    v = np.empty(n + 1)
+    k = np.arange(n // 2 + 1)
+    v[k] = a + k * d
+    v[n - k] = last - k * d
+    if n % 2 == 0:
+        v[n // 2] = (a + last) / 2
+    return v
 
 
-def valid_frames(gt: np.ndarray, visible: np.ndarray | None, convention: str | Convention) -> np.ndarray:
-    """(N,) bool: GT frames that count under ``convention`` (NaN rows are never valid)."""
-    conv = get_convention(convention)
-    gt = np.asarray(gt, dtype=np.float64).reshape(-1, 4)
-    with np.errstate(invalid="ignore"):
-        valid = (gt[:, 2:] - gt[:, :2] > 0).all(axis=1)
-        if conv.validity == "pytracking":
-            valid &= (gt[:, :2] > 0).all(axis=1)
-    if visible is not None:
-        valid &= np.asarray(visible, dtype=bool).reshape(-1)
-    return valid
+MATLAB_OVERLAP = matlab_colon(0.0, 0.05, 1.0)
+PIXELS = np.arange(51, dtype=np.float64)  # 0..50 px
+NORM = np.arange(51, dtype=np.float64) / 100  # 0..0.5: k/100 in MATLAB and numpy alike
+PRECISION_AT = 20  # index of 20 px / 0.20
 
-
-def _clip_like_got10k(box: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """GOT-10k toolkit bound: clip x,y into the image, then w,h to what is left (xyxy in/out)."""
-    w_img, h_img = size
-    x = np.clip(box[:, 0], 0, w_img)
-    y = np.clip(box[:, 1], 0, h_img)
-    w = np.clip(box[:, 2] - box[:, 0], 0, w_img - x)
-    h = np.clip(box[:, 3] - box[:, 1], 0, h_img - y)
-    return np.stack([x, y, x + w, y + h], axis=1)
+# Datasets (our benchmark names) whose visibility flags each toolkit uses.
+_VISIBILITY = {"lasot", "lasot_ext", "custom"}
 
 
 @dataclass
-class SequenceMetrics:
-    """OPE curves and GOT-10k IoUs of one sequence (one run, or the mean of repeated runs)."""
+class SequenceScore:
+    """One sequence, one run: the curves of a convention (its thresholds, dtype and rules)."""
 
     name: str
-    success: np.ndarray  # (21,) fraction of frames with IoU > t
-    precision: np.ndarray  # (51,) fraction with centre error <= t px
-    norm_precision: np.ndarray  # (51,) fraction with normalized centre error <= t
-    got_ious: np.ndarray  # IoUs of the frames GOT-10k counts (frame 0 skipped, visible only)
+    curves: dict[str, np.ndarray]  # "success", "precision", "norm_precision"; "ious" (GOT-10k)
     num_frames: int
-    num_valid: int
     fps: float | None = None
 
-    @property
-    def auc(self) -> float:
-        """Success AUC: mean of the success curve over the 21 thresholds."""
-        return float(np.mean(self.success))
 
-    @property
-    def prec(self) -> float:
-        """Precision at 20 px."""
-        return float(self.precision[PRECISION_INDEX])
+@dataclass
+class Curve:
+    """A plotted curve: thresholds, values in percent, and the score its legend shows."""
 
-    @property
-    def norm_prec(self) -> float:
-        """Normalized precision at 0.20."""
-        return float(self.norm_precision[PRECISION_INDEX])
-
-    @property
-    def ao(self) -> float:
-        """GOT-10k average overlap of this sequence (NaN if no frame counts)."""
-        return float(np.mean(self.got_ious)) if self.got_ious.size else float("nan")
-
-    @property
-    def sr50(self) -> float:
-        """GOT-10k success rate at IoU 0.5."""
-        return float(np.mean(self.got_ious > 0.5)) if self.got_ious.size else float("nan")
-
-    @property
-    def sr75(self) -> float:
-        """GOT-10k success rate at IoU 0.75."""
-        return float(np.mean(self.got_ious > 0.75)) if self.got_ious.size else float("nan")
-
-
-def evaluate_sequence(pred: np.ndarray, gt: np.ndarray, visible: np.ndarray | None = None, *,
-                      name: str = "", dataset: str = "", convention: str | Convention = "stark",
-                      frame_size: tuple[int, int] | None = None,
-                      times: np.ndarray | None = None) -> SequenceMetrics:
-    """OPE metrics of one sequence; ``pred``/``gt`` (N, 4) xyxy, ``visible`` (N,) bool or None."""
-    conv = get_convention(convention)
-    where = f"sequence {name or '?'}"
-    pred = np.array(pred, dtype=np.float64).reshape(-1, 4)
-    gt = np.asarray(gt, dtype=np.float64).reshape(-1, 4)
-    n = gt.shape[0]
-    if pred.shape[0] != n:
-        raise MetricsError(f"{where}: {pred.shape[0]} predicted boxes but {n} ground-truth frames")
-    if n == 0:
-        raise MetricsError(f"{where}: no frames")
-    pwh = pred[:, 2:] - pred[:, :2]
-    bad = np.isnan(pred).any(axis=1) | (pwh < 0).any(axis=1)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise MetricsError(f"{where}: frame {i}: invalid prediction {pred[i].tolist()} (NaN or negative size)")
-    gt_annotated = ~np.isnan(gt).any(axis=1)
-    # Reference rule: a zero-size prediction repeats the previous one (chains over runs of them).
-    for i in np.flatnonzero((pwh == 0).any(axis=1) & gt_annotated):
-        if i > 0:
-            pred[i] = pred[i - 1]
-    if conv.first_frame_gt:
-        pred[0] = gt[0]
-
-    gwh = gt[:, 2:] - gt[:, :2]
-    vis = np.ones(n, dtype=bool) if visible is None else np.asarray(visible, dtype=bool).reshape(-1)
-    if vis.shape[0] != n:
-        raise MetricsError(f"{where}: {vis.shape[0]} visibility flags but {n} frames")
-    valid = valid_frames(gt, vis, conv)
-
-    off = conv.offset
-    ious = iou_xyxy(pred, gt, off)
-    ious[~valid] = -1.0
-    if np.isnan(ious).any():
-        i = int(np.flatnonzero(np.isnan(ious))[0])
-        raise MetricsError(f"{where}: frame {i}: IoU is NaN (pred {pred[i].tolist()}, gt {gt[i].tolist()})")
-
-    pc = (pred[:, :2] + pred[:, 2:]) / 2
-    gc = (gt[:, :2] + gt[:, 2:]) / 2
-    size = gwh + off
-    with np.errstate(invalid="ignore", divide="ignore"):
-        err = np.sqrt(((pc - gc) ** 2).sum(axis=1))
-        err_norm = np.sqrt((((pc - gc) / size) ** 2).sum(axis=1))
-    err[~valid] = -1.0 if dataset.lower().startswith("uav") else np.inf
-    err_norm[~valid] = -1.0
-    if dataset.lower() in _ABSENT_IS_MISS:
-        err[~vis] = np.inf
-        err_norm[~vis] = np.inf
-
-    denom = int(valid.sum()) if conv.exclude_invalid else n
-    if denom == 0:
-        raise MetricsError(f"{where}: no valid ground-truth frame")
-    # Counts via sorted values (same as comparing every frame with every threshold, but O(N log N)).
-    success = (n - np.searchsorted(np.sort(ious), IOU_THRESHOLDS, side="right")) / denom
-    precision = np.searchsorted(np.sort(err), PIXEL_THRESHOLDS, side="right") / denom
-    norm_precision = np.searchsorted(np.sort(err_norm), NORM_THRESHOLDS, side="right") / denom
-
-    got_mask = vis & gt_annotated
-    got_mask[0] = False
-    p, g = pred[got_mask], gt[got_mask]
-    if frame_size is not None:
-        p, g = _clip_like_got10k(p, frame_size), _clip_like_got10k(g, frame_size)
-    got_ious = np.nan_to_num(iou_xyxy(p, g), nan=0.0)
-    fps = None
-    if times is not None and len(times):
-        t = float(np.mean(times))
-        fps = 1.0 / t if t > 0 else None
-    return SequenceMetrics(name, success, precision, norm_precision, got_ious, n, int(valid.sum()), fps)
-
-
-def average_runs(runs: list[SequenceMetrics]) -> SequenceMetrics:
-    """Mean of repeated runs of one sequence (curves averaged, GOT-10k IoUs pooled as the toolkit)."""
-    if not runs:
-        raise MetricsError("average_runs: no runs")
-    fps = [r.fps for r in runs if r.fps]
-    return SequenceMetrics(runs[0].name, np.mean([r.success for r in runs], axis=0),
-                           np.mean([r.precision for r in runs], axis=0),
-                           np.mean([r.norm_precision for r in runs], axis=0),
-                           np.concatenate([r.got_ious for r in runs]), runs[0].num_frames,
-                           runs[0].num_valid, float(np.mean(fps)) if fps else None)
+    x: np.ndarray
+    y: np.ndarray
+    score: float
 
 
 @dataclass
 class Summary:
-    """Metrics over a benchmark: mean of per-sequence curves (OPE), frame-weighted GOT-10k AO/SR."""
+    """Metrics of one tracker on one benchmark, in percent, with the convention that produced them."""
 
-    sequences: list[SequenceMetrics]
     convention: Convention
-    tracker: str = ""
-    dataset: str = ""
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def success_curve(self) -> np.ndarray:
-        """(21,) mean success curve over sequences."""
-        return np.mean([s.success for s in self.sequences], axis=0)
-
-    @property
-    def precision_curve(self) -> np.ndarray:
-        """(51,) mean precision curve."""
-        return np.mean([s.precision for s in self.sequences], axis=0)
-
-    @property
-    def norm_precision_curve(self) -> np.ndarray:
-        """(51,) mean normalized precision curve."""
-        return np.mean([s.norm_precision for s in self.sequences], axis=0)
+    tracker: str
+    benchmark: str  # display name
+    sequences: list[str]
+    scores: dict[str, float]  # "AUC", "P", "P_norm", "OP50", "OP75", "AO", "SR0.5", "SR0.75"
+    curves: dict[str, Curve]  # "success", "precision", "norm_precision"
+    runs: list[str] = field(default_factory=list)
+    fps: float | None = None
+    notes: list[str] = field(default_factory=list)
+    per_sequence: list[list[SequenceScore]] = field(default_factory=list, repr=False)
 
     @property
     def auc(self) -> float:
-        """Success AUC (mean over sequences of the per-sequence AUC)."""
-        return float(np.mean(self.success_curve))
-
-    @property
-    def prec(self) -> float:
-        """Precision at 20 px."""
-        return float(self.precision_curve[PRECISION_INDEX])
-
-    @property
-    def norm_prec(self) -> float:
-        """Normalized precision at 0.20."""
-        return float(self.norm_precision_curve[PRECISION_INDEX])
-
-    def _got(self) -> np.ndarray:
-        return np.concatenate([s.got_ious for s in self.sequences]) if self.sequences else np.zeros(0)
-
-    @property
-    def ao(self) -> float:
-        """GOT-10k AO over all counted frames of all sequences."""
-        g = self._got()
-        return float(g.mean()) if g.size else float("nan")
-
-    @property
-    def sr50(self) -> float:
-        """GOT-10k SR at 0.5."""
-        g = self._got()
-        return float((g > 0.5).mean()) if g.size else float("nan")
-
-    @property
-    def sr75(self) -> float:
-        """GOT-10k SR at 0.75."""
-        g = self._got()
-        return float((g > 0.75).mean()) if g.size else float("nan")
-
-    @property
-    def fps(self) -> float | None:
-        """Mean of the per-sequence FPS, where timings were recorded."""
-        f = [s.fps for s in self.sequences if s.fps]
-        return float(np.mean(f)) if f else None
-
-    def as_dict(self) -> dict[str, float]:
-        """Headline numbers in percent (FPS as is)."""
-        d = {"AUC": 100 * self.auc, "P": 100 * self.prec, "P_norm": 100 * self.norm_prec,
-             "AO": 100 * self.ao, "SR0.5": 100 * self.sr50, "SR0.75": 100 * self.sr75}
-        if self.fps is not None:
-            d["FPS"] = self.fps
-        return d
+        """The success score: AUC, or AO where the convention reports AO only (GOT-10k)."""
+        return self.scores.get("AUC", self.scores.get("AO", float("nan")))
 
     def __str__(self) -> str:
-        head = f"{self.tracker or 'tracker'} on {self.dataset or 'dataset'} ({len(self.sequences)} sequences)"
-        nums = ", ".join(f"{k} {v:.2f}" for k, v in self.as_dict().items())
-        return f"{head}: {nums}\n  convention: {self.convention}"
+        runs = f", {len(self.runs)} runs" if len(self.runs) > 1 else ""
+        nums = ", ".join(f"{k} {v:.2f}" for k, v in self.scores.items())
+        fps = f", {self.fps:.1f} FPS" if self.fps else ""
+        lines = [f"{self.tracker} on {self.benchmark} ({len(self.sequences)} sequences{runs}): {nums}{fps}",
+                 f"  by convention {self.convention}"]
+        return "\n".join(lines + [f"  note: {n}" for n in self.notes])
 
 
-def summarize(sequences: list[SequenceMetrics], convention: str | Convention = "stark",
-              tracker: str = "", dataset: str = "") -> Summary:
-    """Overall metrics of per-sequence results (all evaluated under ``convention``)."""
-    if not sequences:
-        raise MetricsError(f"{tracker or 'tracker'} on {dataset or 'dataset'}: no sequences to summarize")
-    return Summary(list(sequences), get_convention(convention), tracker, dataset)
+# ------------------------------------------------------------------------------ invalid boxes
+def _repair_previous(bad: np.ndarray) -> np.ndarray:
+    """Index map for "a bad frame takes the previous (repaired) box": bad frames point at the
+    last good frame before them. Frame 0 is never replaced (the loops start at frame 2 / 1)."""
+    bad = bad.copy()
+    bad[:1] = False
+    idx = np.where(bad, 0, np.arange(len(bad)))
+    return np.maximum.accumulate(idx)
+
+
+def _pad(pred: np.ndarray, pad: int) -> np.ndarray:
+    """Append ``pad`` empty boxes (0,0,0,0): pytracking's rule for a result that is too short."""
+    return np.concatenate([pred, np.zeros((pad, 4))]) if pad else pred
+
+
+def _row(a: np.ndarray) -> str:
+    return ",".join(f"{v:g}" for v in a)
+
+
+# ------------------------------------------------------------------------------ OTB / LaSOT (MATLAB)
+def _matlab_rect_int(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """calcRectInt.m: inclusive corners (x + w - 1) and +1 sizes; MATLAB max/min skip NaN (fmax/fmin)."""
+    right_a, top_a = a[:, 0] + a[:, 2] - 1, a[:, 1] + a[:, 3] - 1
+    right_b, top_b = b[:, 0] + b[:, 2] - 1, b[:, 1] + b[:, 3] - 1
+    iw = np.fmax(0, np.fmin(right_a, right_b) - np.fmax(a[:, 0], b[:, 0]) + 1)
+    ih = np.fmax(0, np.fmin(top_a, top_b) - np.fmax(a[:, 1], b[:, 1]) + 1)
+    inter = iw * ih
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return inter / (a[:, 2] * a[:, 3] + b[:, 2] * b[:, 3] - inter)
+
+
+def _matlab_sequence(pred: np.ndarray, gt: np.ndarray, absent: np.ndarray | None, lasot: bool,
+                     pad: int) -> dict[str, np.ndarray]:
+    """calcSeqErrRobust.m (OTB) / calc_seq_err_robust.m (LaSOT) + the counting of genPerfMat/eval_tracker."""
+    with np.errstate(invalid="ignore"):
+        bad_size = (pred[:, 2] <= 0) | (pred[:, 3] <= 0)  # NaN compares False, as in MATLAB
+        gt_known = ~np.isnan(gt[: len(pred)])
+        if lasot:  # (sum(isnan(r)) | r(3)<=0 | r(4)<=0) & ~isnan(r_anno): scalar & vector, `if` needs all
+            bad = ((np.isnan(pred).any(axis=1) | bad_size)[:, None] & gt_known).all(axis=1)
+        else:  # (isnan(r) | r(3)<=0 | r(4)<=0) & ~isnan(r_anno): element-wise, `if` needs all four
+            bad = ((np.isnan(pred) | bad_size[:, None]) & gt_known).all(axis=1)
+    rect = _pad(pred[_repair_previous(bad)], pad)
+    rect[0] = gt[0]
+    n_all = len(gt)
+    anno = gt
+    if absent is not None:  # LaSOT: absent frames leave the evaluation but not the denominator
+        rect, anno = rect[~absent], gt[~absent]
+    c_gt = anno[:, :2] + (anno[:, 2:] - 1) / 2
+    c = rect[:, :2] + (rect[:, 2:] - 1) / 2
+    with np.errstate(invalid="ignore"):
+        valid = (anno > 0).all(axis=1)
+    cov = -np.ones(len(anno))
+    cov[valid] = _matlab_rect_int(rect[valid], anno[valid])
+    out = {"success": _counts(cov, MATLAB_OVERLAP, ">") / (n_all + EPS_MATLAB)}
+    curves = [("precision", c, c_gt, PIXELS)]
+    if lasot:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            curves.append(("norm_precision", c / anno[:, 2:], c_gt / anno[:, 2:], NORM))
+    for key, p, g, thr in curves:
+        with np.errstate(invalid="ignore"):
+            d = p - g
+            err = np.sqrt(d[:, 0] ** 2 + d[:, 1] ** 2)
+        err[~valid] = -1
+        out[key] = _counts(err, thr, "<=") / (n_all + EPS_MATLAB)
+    return out
+
+
+def _counts(values: np.ndarray, thresholds: np.ndarray, op: str) -> np.ndarray:
+    """Frames with value > t (or <= t) per threshold; NaN never counts."""
+    with np.errstate(invalid="ignore"):
+        hit = values[:, None] > thresholds[None, :] if op == ">" else values[:, None] <= thresholds[None, :]
+    return hit.sum(axis=0).astype(np.float64)
+
+
+def _matlab_summary(curves: list[dict[str, np.ndarray]], keys: tuple[str, ...]) -> tuple[dict, dict, list[str]]:
+    """perfPlot.m / plot_draw_save.m: drop all-zero sequence curves, mean over sequences, AUC = mean."""
+    scores, plots, notes = {}, {}, []
+    for key in keys:
+        aa = np.stack([c[key] for c in curves])
+        keep = aa.sum(axis=1) > EPS_MATLAB
+        if not keep.all():
+            notes.append(f"{int((~keep).sum())} of {len(aa)} sequences have an all-zero {key} curve and are "
+                         "left out of its mean, as the MATLAB toolkit does")
+        bb = aa[keep].mean(axis=0) if keep.any() else np.full(aa.shape[1], np.nan)
+        if key == "success":
+            scores["AUC"] = 100 * float(np.cumsum(bb)[-1] / len(bb))  # mean(bb), summed in order as MATLAB
+            plots[key] = Curve(MATLAB_OVERLAP, 100 * bb, scores["AUC"])
+        else:
+            name = "P" if key == "precision" else "P_norm"
+            scores[name] = 100 * float(bb[PRECISION_AT])
+            plots[key] = Curve(PIXELS if key == "precision" else NORM, 100 * bb, scores[name])
+    return scores, plots, notes
+
+
+# ------------------------------------------------------------------------------ pytracking / STARK
+def _pytracking_sequence(pred: np.ndarray, gt: np.ndarray, visible: np.ndarray | None, benchmark: str,
+                         stark: bool, pad: int, pred_source: str, gt_source: str) -> dict[str, np.ndarray]:
+    """extract_results.calc_seq_err_robust + the per-sequence curves of extract_results.
+
+    pytracking computes in torch; the element-wise float64 steps are the same IEEE operations in
+    numpy (bit for bit), the thresholds come from torch.arange as there, and the curves are
+    float32 (count / frames) as pytracking stores them.
+    """
+    tool = "STARK" if stark else "pytracking"
+    bad = np.isnan(pred).any(axis=1) | (pred[:, 2:] < 0).any(axis=1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise MetricsError(f"{pred_source}:{i + 1}: box {_row(pred[i])} is not valid for {tool}'s analysis "
+                           "(it stops on NaN or a negative width/height): expected x,y,w,h with w, h >= 0")
+    uav = benchmark == "uav123"
+    nan_gt = np.isnan(gt).any(axis=1)
+    if nan_gt.any() and not uav:
+        i = int(np.flatnonzero(nan_gt)[0])
+        raise MetricsError(f"{gt_source}:{i + 1}: unannotated (NaN) ground truth; {tool}'s analysis accepts "
+                           "NaN ground truth on UAV123 only")
+    zero = (pred[:, 2:] == 0).any(axis=1) & ~nan_gt[: len(pred)]
+    p = _pad(pred[_repair_previous(zero)], pad)  # pytracking pads after the repair: added frames stay empty
+    a = gt
+    p[0, :] = a[0, :]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        valid = ((a[:, 2:] > 0.0).sum(1) == 2) if stark else ((a > 0.0).sum(1) == 4)
+        tv = None
+        if visible is not None and benchmark in _VISIBILITY:
+            tv = np.asarray(visible, dtype=bool)
+            valid = valid & tv
+        pc = p[:, :2] + 0.5 * (p[:, 2:] - 1.0)
+        ac = a[:, :2] + 0.5 * (a[:, 2:] - 1.0)
+        d, dn = pc - ac, pc / a[:, 2:] - ac / a[:, 2:]
+        err = np.sqrt(d[:, 0] ** 2 + d[:, 1] ** 2)
+        err_norm = np.sqrt(dn[:, 0] ** 2 + dn[:, 1] ** 2)
+        tl = np.maximum(p[:, :2], a[:, :2])
+        br = np.minimum(p[:, :2] + p[:, 2:] - 1.0, a[:, :2] + a[:, 2:] - 1.0)
+        sz = np.maximum(br - tl + 1.0, 0.0)  # torch clamp(0): NaN stays NaN
+        inter = sz[:, 0] * sz[:, 1]
+        iou = inter / (p[:, 2] * p[:, 3] + a[:, 2] * a[:, 3] - inter)
+    err[~valid] = -1.0 if uav else np.inf
+    err_norm[~valid] = -1.0
+    iou[~valid] = -1.0
+    if benchmark == "lasot" and tv is not None:  # pytracking's dataset == 'lasot' rule
+        err_norm[~tv] = np.inf
+        err[~tv] = np.inf
+    if np.isnan(iou).any():
+        i = int(np.flatnonzero(np.isnan(iou))[0])
+        raise MetricsError(f"{pred_source}:{i + 1}: IoU is NaN against {gt_source}:{i + 1} "
+                           f"({tool} stops on 'Nans in calculated overlap')")
+    n = np.float32(len(a))
+    thr = _pytracking_thresholds()
+    return {"success": _counts(iou, thr["success"], ">").astype(np.float32) / n,
+            "precision": _counts(err, thr["precision"], "<=").astype(np.float32) / n,
+            "norm_precision": _counts(err_norm, thr["norm_precision"], "<=").astype(np.float32) / n}
+
+
+_TORCH_THRESHOLDS: dict[str, np.ndarray] = {}
+
+
+def _pytracking_thresholds() -> dict[str, np.ndarray]:
+    """extract_results' thresholds, from torch.arange as there (0.65 and 0.75 differ from linspace)."""
+    if not _TORCH_THRESHOLDS:
+        import torch
+
+        _TORCH_THRESHOLDS.update({
+            "success": torch.arange(0.0, 1.0 + 0.05, 0.05, dtype=torch.float64).numpy(),
+            "precision": torch.arange(0, 51, dtype=torch.float64).numpy(),
+            "norm_precision": (torch.arange(0, 51, dtype=torch.float64) / 100.0).numpy()})
+    return _TORCH_THRESHOLDS
+
+
+def _pytracking_summary(runs: list[list[dict[str, np.ndarray]]]) -> tuple[dict, dict]:
+    """plot_results: runs merged per sequence (merge_multiple_runs), then float32 means over sequences."""
+    import torch
+
+    thr = _pytracking_thresholds()
+    thr_f32 = torch.tensor(thr["success"].tolist())  # eval_data round trip: the thresholds become float32
+    scores, plots = {}, {}
+    for key in ("success", "precision", "norm_precision"):
+        t = torch.tensor(np.stack([np.stack([r[key] for r in seq]) for seq in runs]))  # (S, R, K) float32
+        if t.shape[1] > 1:
+            t = t.mean(1, keepdim=True)
+        curve = t.mean(0) * 100.0  # (1, K), as get_auc_curve / get_prec_curve with one tracker
+        if key == "success":
+            scores["AUC"] = float(curve.mean(-1)[0])
+            scores["OP50"] = float(curve[:, thr_f32 == 0.50][0, 0])
+            scores["OP75"] = float(curve[:, thr_f32 == 0.75][0, 0])
+            plots[key] = Curve(thr[key], curve[0].double().numpy(), scores["AUC"])
+        else:
+            name = "P" if key == "precision" else "P_norm"
+            scores[name] = float(curve[0, PRECISION_AT])
+            plots[key] = Curve(thr[key], curve[0].double().numpy(), scores[name])
+    order = ("AUC", "P", "P_norm", "OP50", "OP75")
+    return {k: scores[k] for k in order}, plots
+
+
+# ------------------------------------------------------------------------------ got10k-toolkit
+def _got10k_rect_iou(r1: np.ndarray, r2: np.ndarray, bound: tuple[int, int] | None = None) -> np.ndarray:
+    """got10k.utils.metrics.rect_iou: optional clipping to the image (x first, then w to what is left)."""
+    r1, r2 = r1.copy(), r2.copy()
+    if bound is not None:
+        for r in (r1, r2):
+            r[:, 0] = np.clip(r[:, 0], 0, bound[0])
+            r[:, 1] = np.clip(r[:, 1], 0, bound[1])
+            r[:, 2] = np.clip(r[:, 2], 0, bound[0] - r[:, 0])
+            r[:, 3] = np.clip(r[:, 3], 0, bound[1] - r[:, 1])
+    x1 = np.maximum(r1[..., 0], r2[..., 0])
+    y1 = np.maximum(r1[..., 1], r2[..., 1])
+    x2 = np.minimum(r1[..., 0] + r1[..., 2], r2[..., 0] + r2[..., 2])
+    y2 = np.minimum(r1[..., 1] + r1[..., 3], r2[..., 1] + r2[..., 3])
+    inter = np.prod(np.stack([np.maximum(x2 - x1, 0), np.maximum(y2 - y1, 0)], axis=-1), axis=-1)
+    union = np.prod(r1[..., 2:], axis=-1) + np.prod(r2[..., 2:], axis=-1) - inter
+    return np.clip(inter / (union + np.finfo(float).eps), 0.0, 1.0)
+
+
+def _got10k_centre_error(r1: np.ndarray, r2: np.ndarray, normalized: bool = False) -> np.ndarray:
+    """got10k center_error / normalized_center_error (centres at x + (w - 1) / 2)."""
+    d = (r1[..., :2] + (r1[..., 2:] - 1) / 2) - (r2[..., :2] + (r2[..., 2:] - 1) / 2)
+    if normalized:
+        d = d / np.maximum(np.array([[1.0, 1.0]]), r2[:, 2:])
+    return np.sqrt(np.sum(np.power(d, 2), axis=-1))
+
+
+def _got10k_sequence(pred: np.ndarray, gt: np.ndarray, cover: np.ndarray | None, resolution, benchmark: str,
+                     pad: int) -> dict[str, np.ndarray]:
+    """ExperimentOTB/UAV123/LaSOT._calc_metrics + _calc_curves, or ExperimentGOT10k's IoUs."""
+    boxes = _pad(pred.copy(), pad)
+    with np.errstate(invalid="ignore"):
+        if benchmark.startswith("got10k"):
+            if resolution is None:
+                raise MetricsError("got10k-toolkit clips GOT-10k boxes to the image size: the sequence needs a "
+                                   "meta_info.ini with 'resolution: (W, H)' (or its first frame)")
+            ious = _got10k_rect_iou(boxes[1:], gt[1:], bound=resolution)
+            if cover is not None:
+                ious = ious[cover[1:] > 0]
+            return {"ious": ious}
+        boxes[0] = gt[0]
+        if benchmark in ("uav123", "lasot", "lasot_ext"):  # ExperimentUAV123 / ExperimentLaSOT
+            keep = ~np.any(np.isnan(gt), axis=1)
+            boxes, gt = boxes[keep, :], gt[keep, :]
+        ious = np.asarray(_got10k_rect_iou(boxes, gt), float)[:, np.newaxis]
+        ce = np.asarray(_got10k_centre_error(boxes, gt), float)[:, np.newaxis]
+        out = {"success": np.mean(np.greater(ious, np.linspace(0, 1, 21)[np.newaxis, :]), axis=0),
+               "precision": np.mean(np.less_equal(ce, np.arange(0, 51)[np.newaxis, :]), axis=0)}
+        if benchmark in ("lasot", "lasot_ext"):
+            nce = np.asarray(_got10k_centre_error(boxes, gt, normalized=True), float)[:, np.newaxis]
+            out["norm_precision"] = np.mean(np.less_equal(nce, np.linspace(0, 0.5, 51)[np.newaxis, :]), axis=0)
+    return out
+
+
+def _got10k_summary(runs: list[list[dict[str, np.ndarray]]], benchmark: str) -> tuple[dict, dict]:
+    if benchmark.startswith("got10k"):  # ExperimentGOT10k.report/_evaluate: IoUs of every run pooled
+        ious = np.concatenate([np.concatenate([r["ious"] for r in seq]) for seq in runs])
+        thr = np.linspace(0, 1, 101)
+        curve = np.mean(np.greater(ious[:, None], thr[None, :]), axis=0)
+        scores = {"AO": 100 * float(np.mean(ious)), "SR0.5": 100 * float(np.mean(ious > 0.5)),
+                  "SR0.75": 100 * float(np.mean(ious > 0.75))}
+        return scores, {"success": Curve(thr, 100 * curve, scores["AO"])}
+    scores, plots = {}, {}
+    for key, x in (("success", np.linspace(0, 1, 21)), ("precision", np.arange(0, 51)),
+                   ("norm_precision", np.linspace(0, 0.5, 51))):
+        if key not in runs[0][0]:
+            continue
+        curve = np.mean(np.stack([np.mean([r[key] for r in seq], axis=0) for seq in runs]), axis=0)
+        if key == "success":
+            scores["AUC"] = 100 * float(np.mean(curve))
+            scores["SR0.5"] = 100 * float(curve[21 // 2])
+            plots[key] = Curve(x, 100 * curve, scores["AUC"])
+        elif key == "precision":
+            scores["P"] = 100 * float(curve[PRECISION_AT])
+            plots[key] = Curve(x, 100 * curve, scores["P"])
+        else:  # ExperimentLaSOT: normalized_precision_score = np.mean(norm_prec_curve)
+            scores["P_norm"] = 100 * float(np.mean(curve))
+            plots[key] = Curve(x, 100 * curve, scores["P_norm"])
+    order = ("AUC", "P", "P_norm", "SR0.5")
+    return {k: scores[k] for k in order if k in scores}, plots
+
+
+# ------------------------------------------------------------------------------ mmtracking
+def _mmdet_iou(b1: np.ndarray, b2: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """mmdet 2.x bbox_overlaps (numpy, float32, no legacy +1) for row-aligned boxes (its diagonal)."""
+    b1, b2 = b1.astype(np.float32), b2.astype(np.float32)
+    area1 = (b1[:, 2] - b1[:, 0]) * (b1[:, 3] - b1[:, 1])
+    area2 = (b2[:, 2] - b2[:, 0]) * (b2[:, 3] - b2[:, 1])
+    w = np.maximum(np.minimum(b1[:, 2], b2[:, 2]) - np.maximum(b1[:, 0], b2[:, 0]), 0)
+    h = np.maximum(np.minimum(b1[:, 3], b2[:, 3]) - np.maximum(b1[:, 1], b2[:, 1]), 0)
+    overlap = w * h
+    return overlap / np.maximum(area1 + area2 - overlap, eps)
+
+
+def _mm_success_error(gt_c: np.ndarray, pred_c: np.ndarray, thr: np.ndarray, n: int) -> np.ndarray:
+    dist = np.ones(len(gt_c)) * (-1)
+    valid = (gt_c[:, 0] > 0) & (gt_c[:, 1] > 0)
+    dist[valid] = np.sqrt(np.sum((gt_c[valid] - pred_c[valid]) ** 2, axis=1))
+    return np.array([np.sum(dist <= t) / float(n) for t in thr])
+
+
+def _mmtracking_sequence(pred: np.ndarray, gt: np.ndarray, visible: np.ndarray | None, benchmark: str,
+                         pad: int) -> dict[str, np.ndarray]:
+    """eval_sot_ope for one video (boxes as x1,y1,x2,y2 = x,y,x+w,y+h, as mmtracking loads them)."""
+    p = _pad(pred, pad)
+    p = np.concatenate([p[:, :2], p[:, :2] + p[:, 2:]], axis=1)
+    g = np.concatenate([gt[:, :2], gt[:, :2] + gt[:, 2:]], axis=1)
+    n = len(p)
+    if visible is not None and benchmark in _VISIBILITY:  # only_eval_visible (its LaSOT config)
+        with np.errstate(invalid="ignore"):
+            keep = np.asarray(visible, dtype=bool) & (gt[:, 2] > 0) & (gt[:, 3] > 0)
+        p, g = p[keep], g[keep]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.ones(len(g)) * (-1)
+        valid = (g[:, 2] > g[:, 0]) & (g[:, 3] > g[:, 1])
+        iou[valid] = _mmdet_iou(g[valid], p[valid])
+        iou_th = np.arange(0, 1.05, 0.05)
+        success = np.zeros(len(iou_th))
+        for i in range(len(iou_th)):
+            success[i] = np.sum(iou > iou_th[i]) / float(n)
+        g_c = np.array((0.5 * (g[:, 2] + g[:, 0]), 0.5 * (g[:, 3] + g[:, 1]))).T
+        p_c = np.array((0.5 * (p[:, 2] + p[:, 0]), 0.5 * (p[:, 3] + p[:, 1]))).T
+        px = np.arange(0, 51, 1)
+        g_wh = np.array((g[:, 2] - g[:, 0], g[:, 3] - g[:, 1])).T
+        return {"success": success,
+                "precision": _mm_success_error(g_c, p_c, px, n),
+                "norm_precision": _mm_success_error(g_c / (g_wh + 1e-16), p_c / (g_wh + 1e-16), px / 100.0, n)}
+
+
+def _mmtracking_summary(runs: list[list[dict[str, np.ndarray]]]) -> tuple[dict, dict]:
+    per_seq = {k: [np.mean([r[k] for r in seq], axis=0) for seq in runs] for k in runs[0][0]}
+    scores = {"AUC": float(np.mean(per_seq["success"]) * 100),
+              "P": float(np.mean(per_seq["precision"], axis=0)[PRECISION_AT] * 100),
+              "P_norm": float(np.mean(per_seq["norm_precision"], axis=0)[PRECISION_AT] * 100)}
+    plots = {"success": Curve(np.arange(0, 1.05, 0.05), 100 * np.mean(per_seq["success"], axis=0), scores["AUC"]),
+             "precision": Curve(PIXELS, 100 * np.mean(per_seq["precision"], axis=0), scores["P"]),
+             "norm_precision": Curve(NORM, 100 * np.mean(per_seq["norm_precision"], axis=0), scores["P_norm"])}
+    return scores, plots
+
+
+# ------------------------------------------------------------------------------ public API
+def score_sequence(convention: str | Convention, pred: np.ndarray, gt: np.ndarray, *,
+                   visible: np.ndarray | None = None, cover: np.ndarray | None = None,
+                   resolution: tuple[int, int] | None = None, benchmark: str = "", name: str = "",
+                   pad: int = 0, times: np.ndarray | None = None, pred_source: str = "prediction",
+                   gt_source: str = "ground truth") -> SequenceScore:
+    """Curves of one run on one sequence under ``convention``.
+
+    ``pred`` (N - pad, 4) and ``gt`` (N, 4) are x,y,w,h in the benchmark's coordinates; ``pad``
+    empty boxes are appended to the prediction (a result file that is too short, padded as
+    pytracking does). ``visible`` are the benchmark's flags, used where the toolkit uses them.
+    """
+    conv = get_convention(convention)
+    pred = np.array(pred, dtype=np.float64).reshape(-1, 4)
+    gt = np.asarray(gt, dtype=np.float64).reshape(-1, 4)
+    if len(pred) + pad != len(gt) or len(gt) == 0:
+        raise MetricsError(f"{pred_source}: {len(pred)} boxes (+{pad} padded) for {len(gt)} ground-truth frames "
+                           f"in {gt_source}")
+    if visible is not None and len(visible) != len(gt):
+        raise MetricsError(f"{gt_source}: {len(visible)} visibility flags for {len(gt)} frames")
+    if conv.name in ("otb", "lasot"):
+        absent = None
+        if conv.name == "lasot" and visible is not None and benchmark in _VISIBILITY:
+            absent = ~np.asarray(visible, dtype=bool)
+        curves = _matlab_sequence(pred, gt, absent, lasot=conv.name == "lasot", pad=pad)
+    elif conv.name in ("pytracking", "stark"):
+        curves = _pytracking_sequence(pred, gt, visible, benchmark, conv.name == "stark", pad, pred_source, gt_source)
+    elif conv.name == "got10k":
+        if cover is None and visible is not None and benchmark.startswith("got10k"):
+            cover = np.asarray(visible, dtype=np.float64)
+        curves = _got10k_sequence(pred, gt, cover, resolution, benchmark, pad)
+    else:
+        curves = _mmtracking_sequence(pred, gt, visible, benchmark, pad)
+    fps = None
+    if times is not None and len(times) > 1:
+        t = float(np.mean(np.asarray(times, dtype=np.float64)[1:]))  # frame 0 is the initialisation
+        fps = 1.0 / t if t > 0 else None
+    return SequenceScore(name, curves, len(gt), fps)
+
+
+_SUMMARIES: dict[str, Callable] = {
+    "pytracking": _pytracking_summary,
+    "stark": _pytracking_summary,
+    "mmtracking": _mmtracking_summary,
+}
+
+
+def summarize(convention: str | Convention, runs: list[list[SequenceScore]], *, tracker: str = "",
+              benchmark: str = "", run_names: list[str] | None = None, display: str = "") -> Summary:
+    """Benchmark metrics from ``runs[s][r]`` (sequence s, run r) as the convention's toolkit aggregates them."""
+    conv = get_convention(convention)
+    if not runs or not all(runs):
+        raise MetricsError(f"{tracker or 'tracker'} on {display or benchmark or 'benchmark'}: no sequences to score")
+    curves = [[r.curves for r in seq] for seq in runs]
+    notes: list[str] = []
+    if conv.name in ("otb", "lasot"):
+        keys = ("success", "precision", "norm_precision") if conv.name == "lasot" else ("success", "precision")
+        merged = [{k: np.mean([r[k] for r in seq], axis=0) for k in keys} for seq in curves]
+        scores, plots, notes = _matlab_summary(merged, keys)
+    elif conv.name == "got10k":
+        scores, plots = _got10k_summary(curves, benchmark)
+    else:
+        scores, plots = _SUMMARIES[conv.name](curves)
+    fps = [r.fps for seq in runs for r in seq if r.fps]
+    return Summary(conv, tracker, display or benchmark, [seq[0].name for seq in runs], scores, plots,
+                   runs=list(run_names or []), fps=float(np.mean(fps)) if fps else None, notes=notes,
+                   per_sequence=runs)

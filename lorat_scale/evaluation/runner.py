@@ -1,7 +1,7 @@
 """Run a tracker over a benchmark (resumable, parallel, repeated), then score the result files.
 
 The tracker is anything with ``init(frame, box_xyxy)`` and ``track(frame) -> (box_xyxy, score)``
-(``lorat_scale.tracking.tracker.Tracker`` is one). Work is split twice:
+(``lorat_scale.tracking.Tracker`` is one). Work is split twice:
 
 * across processes of a ``torchrun``/SLURM job: rank ``r`` of ``world_size`` takes every
   ``world_size``-th (run, sequence) task (static, no communication needed);
@@ -9,30 +9,31 @@ The tracker is anything with ``init(frame, box_xyxy)`` and ``track(frame) -> (bo
   (dynamic: long sequences do not hold others back); each worker builds its own tracker from
   ``tracker_factory`` (a picklable callable, e.g. ``LoRATFactory``).
 
-A task whose ``<seq>.txt`` already exists is skipped, so an interrupted run resumes where it
-stopped (result files are written atomically). ``repeat`` runs go to ``run_001``, ``run_002``...
-and are averaged per sequence before the overall metrics.
+Results land in pytracking's layout (``results.py``). Each run folder records what produced it
+(``lorat_run.json``: content hashes of checkpoint and backbone, variant, model and tracking
+settings); a folder holding results of anything else is refused, never mixed or reused. A task
+whose ``<seq>.txt`` exists was finished by the same model and is skipped (resume); the model
+is still loaded, so a missing or broken checkpoint is always an error.
 """
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import numpy as np
 
 from ..data.sequence import Sequence
-from .metrics import Convention, SequenceMetrics, Summary, average_runs, evaluate_sequence, get_convention
-from .results import list_runs, read_sequence_result, result_file, run_name, write_sequence_result
+from .benchmarks import BENCHMARKS, GroundTruth, get_benchmark
+from .metrics import Convention, SequenceScore, Summary, get_convention, score_sequence, summarize
+from .results import (RunRecord, ResultFileError, claim_run_folder, file_digest, list_runs, read_record,
+                      read_sequence_result, result_file, run_name, write_got10k_zip, write_sequence_result,
+                      write_trackingnet_zip)
 
-# Coordinates of each benchmark's toolkit relative to ours (readers make LaSOT 0-based; its toolkit
-# and published result files are 1-based). Result files and metrics use the toolkit's frame, which
-# matters for the pytracking validity rule (x, y > 0).
-TOOLKIT_OFFSET: dict[str, float] = {"lasot": 1.0, "lasot_ext": 1.0}
+LENGTH_POLICIES = ("error", "truncate", "pad")
 
 
 class SOTTracker(Protocol):
@@ -72,6 +73,29 @@ class LoRATFactory:
         return Tracker.from_checkpoint(self.checkpoint, variant=self.variant, backbone=self.backbone,
                                        overrides=self.overrides, device=device)
 
+    def record(self) -> RunRecord:
+        """What this factory's tracker is: content hashes, variant, resolved model and tracking settings."""
+        from ..tracking.tracker import resolve_config
+
+        if not self.checkpoint:
+            raise ValueError("a checkpoint is needed to run the tracker")
+        ckpt = Path(self.checkpoint)
+        cfg = resolve_config(ckpt, variant=self.variant, backbone=self.backbone, overrides=self.overrides)
+        bb = cfg.model.backbone_weights
+        bb_id = {"sha256": file_digest(bb)} if bb and Path(bb).is_file() else {"name": bb}
+        model = {k: v for k, v in asdict(cfg.model).items() if k != "backbone_weights"}
+        # Settings that cannot change a box are not part of the identity (backend and precision are).
+        unused = ("device", "compile", "ort_threads", "onnx_cache")
+        track = {k: v for k, v in asdict(cfg.track).items() if k not in unused}
+        identity = {"checkpoint": {"sha256": file_digest(ckpt)}, "backbone": bb_id, "variant": cfg.variant,
+                    "model": model, "track": track}
+        return RunRecord(identity, {"checkpoint": str(ckpt.resolve()), "backbone": str(bb)})
+
+
+def default_param(record: RunRecord) -> str:
+    """pytracking parameter name of a model: ``<variant>-<first 8 hex digits of its key>``."""
+    return f"{record.identity.get('variant', 'model')}-{record.key[:8]}"
+
 
 def run_sequence(tracker: SOTTracker, seq: Sequence) -> tuple[np.ndarray, np.ndarray]:
     """OPE on one sequence: init on frame 0 with its GT box -> (N, 4) xyxy boxes, (N,) seconds."""
@@ -97,6 +121,11 @@ def run_sequence(tracker: SOTTracker, seq: Sequence) -> tuple[np.ndarray, np.nda
     return boxes, times
 
 
+def toolkit_offset(seq: Sequence) -> float:
+    """Readers' 0-based boxes + this = the benchmark's coordinates its result files use."""
+    return BENCHMARKS[seq.dataset].toolkit_offset if seq.dataset in BENCHMARKS else 0.0
+
+
 # Per-process state of pool workers (set by _worker_init).
 _WORKER: dict[str, Any] = {}
 
@@ -115,30 +144,39 @@ def _run_task(task: tuple[Sequence, str, float]) -> str:
     return path
 
 
-def pending_tasks(sequences: list[Sequence], out_dir: str | Path, tracker_name: str, repeat: int = 1,
+def pending_tasks(sequences: list[Sequence], out_dir: str | Path, tracker_name: str, param: str, repeat: int = 1,
                   rank: int = 0, world_size: int = 1) -> list[tuple[Sequence, str]]:
     """(sequence, result path) of this rank's share that has no result file yet."""
-    tasks = [(seq, str(result_file(out_dir, tracker_name, r, seq.name))) for r in range(repeat) for seq in sequences]
+    tasks = [(seq, str(result_file(out_dir, tracker_name, param, r, seq.name))) for r in range(repeat)
+             for seq in sequences]
     return [t for t in tasks[rank::world_size] if not os.path.exists(t[1])]
 
 
 def run_benchmark(tracker_factory: Callable[[], SOTTracker], sequences: list[Sequence], out_dir: str | Path,
-                  tracker_name: str, repeat: int = 1, num_workers: int = 1, rank: int | None = None,
-                  world_size: int | None = None, log: Callable[[str], None] | None = print) -> list[str]:
-    """Track every pending (run, sequence) of this rank; returns the result files written."""
+                  tracker_name: str, param: str = "default", repeat: int = 1, num_workers: int = 1,
+                  rank: int | None = None, world_size: int | None = None, record: RunRecord | None = None,
+                  log: Callable[[str], None] | None = print) -> list[str]:
+    """Track every pending (run, sequence) of this rank; returns the result files written.
+
+    ``record`` (default: ``tracker_factory.record()`` if it has one) is checked against every run
+    folder first: results of another model under the same name are refused, never mixed.
+    """
     rank = int(os.environ.get("RANK", 0)) if rank is None else rank
     world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
-    tasks = pending_tasks(sequences, out_dir, tracker_name, repeat, rank, world_size)
+    if record is None and hasattr(tracker_factory, "record"):
+        record = tracker_factory.record()
+    if record is not None:
+        for r in range(repeat):
+            claim_run_folder(Path(out_dir) / tracker_name / run_name(param, r), record)
+    tasks = pending_tasks(sequences, out_dir, tracker_name, param, repeat, rank, world_size)
     total = len(sequences) * repeat
     if log:
         log(f"[rank {rank}/{world_size}] {len(tasks)} of {total} sequence runs to do "
-            f"(others done or on other ranks) -> {Path(out_dir) / tracker_name}")
-    jobs = [(seq, path, TOOLKIT_OFFSET.get(seq.dataset, 0.0)) for seq, path in tasks]
+            f"(others done or on other ranks) -> {Path(out_dir) / tracker_name / param}_NNN")
+    jobs = [(seq, path, toolkit_offset(seq)) for seq, path in tasks]
     done: list[str] = []
-    if not jobs:
-        return done  # everything finished: do not load a model for nothing
-    if num_workers <= 1:
-        _worker_init(tracker_factory)
+    if num_workers <= 1 or not jobs:
+        _worker_init(tracker_factory)  # loaded even with nothing to do: a broken model is never hidden
         for k, job in enumerate(jobs):
             done.append(_run_task(job))
             if log:
@@ -153,142 +191,100 @@ def run_benchmark(tracker_factory: Callable[[], SOTTracker], sequences: list[Seq
     return done
 
 
-def _visible(seq: Sequence) -> np.ndarray:
-    """Frames where the target counts as present: GOT-10k toolkit rule cover > 0, else a reader's
-    ``extra["visible"]``, else ``valid`` (annotated, visible, non-empty box)."""
-    if "cover" in seq.extra:
-        with np.errstate(invalid="ignore"):
-            return np.asarray(seq.extra["cover"]) > 0
-    return np.asarray(seq.extra.get("visible", seq.valid), dtype=bool)
+# ------------------------------------------------------------------------------ scoring
+class ResultLengthError(ResultFileError):
+    """Result files whose frame count differs from the ground truth (the message lists every one)."""
 
 
-def evaluate_results(sequences: list[Sequence], out_dir: str | Path, tracker_name: str,
-                     convention: str | Convention = "stark", runs: list[str] | None = None,
-                     dataset: str = "") -> Summary:
-    """Score every run folder of a tracker (averaging runs per sequence) -> Summary."""
+def _fit(gt: GroundTruth, m: int, policy: str) -> tuple[GroundTruth, int]:
+    """Ground truth cut to ``m`` frames (truncate) or the number of empty boxes to pad with."""
+    if m >= len(gt) or policy == "pad":
+        return gt, max(len(gt) - m, 0)
+    cut = GroundTruth(gt.name, gt.boxes[:m], gt.source, None if gt.visible is None else gt.visible[:m],
+                      None if gt.cover is None else gt.cover[:m], gt.resolution)
+    return cut, 0
+
+
+def evaluate_results(gts: list[GroundTruth], out_dir: str | Path, tracker_name: str, param: str,
+                     convention: str | Convention, benchmark: str, runs: list[str] | None = None,
+                     length: str = "error") -> Summary:
+    """Score every run folder of ``tracker_name``/``param`` (runs averaged per sequence) -> Summary.
+
+    ``length``: what to do with a result file shorter than the ground truth (one frame short is
+    common in published results): "error" lists every such file; "truncate" cuts the ground
+    truth to the result (got10k-toolkit's ExperimentOTB/LaSOT); "pad" adds empty boxes, i.e.
+    misses (pytracking). Longer files are cut to the ground truth, as pytracking and the LaSOT
+    toolkit do, with a note.
+    """
+    if length not in LENGTH_POLICIES:
+        raise ValueError(f"length must be one of {LENGTH_POLICIES}, not {length!r}")
     conv = get_convention(convention)
     tdir = Path(out_dir) / tracker_name
-    if runs is None:
-        runs = list_runs(out_dir, tracker_name)
+    runs = runs if runs is not None else list_runs(out_dir, tracker_name, param)
     if not runs:
-        raise FileNotFoundError(f"no run folders under {tdir} (expected {tdir}/{run_name(0)}/<seq>.txt)")
-    per_seq: list[SequenceMetrics] = []
-    for seq in sequences:
-        off = TOOLKIT_OFFSET.get(seq.dataset, 0.0)
-        gt = seq.boxes + off  # the toolkit's coordinates, as the result files are
-        visible = _visible(seq)
-        ms = []
+        raise FileNotFoundError(f"no run folders {tdir / param}_NNN holding result files "
+                                f"(expected {tdir / run_name(param, 0)}/<sequence>.txt)")
+    records = {r: read_record(tdir / r) for r in runs}
+    keys = {rec.key for rec in records.values() if rec is not None}
+    if len(keys) > 1:
+        lines = [f"  {tdir / r}: {rec.describe() if rec else 'no record'}" for r, rec in records.items()]
+        raise ResultFileError(f"the runs of {tracker_name}/{param} were produced by different models or "
+                              "settings and are not averaged:\n" + "\n".join(lines))
+    loaded: list[list[tuple[np.ndarray, np.ndarray | None, Path]]] = []
+    short, long_ = [], []
+    for gt in gts:
+        row = []
         for r in runs:
-            pred, times = read_sequence_result(tdir / r / f"{seq.name}.txt", num_frames=len(seq))
-            ms.append(evaluate_sequence(pred, gt, visible, name=seq.name, dataset=seq.dataset, convention=conv,
-                                        frame_size=seq.frame_size, times=times[1:] if times is not None else None))
-        per_seq.append(average_runs(ms))
-    s = Summary(per_seq, conv, tracker_name, dataset or (sequences[0].dataset if sequences else ""))
-    s.extra["runs"] = runs
+            path = tdir / r / f"{gt.name}.txt"
+            boxes, times = read_sequence_result(path)
+            if len(boxes) < len(gt):
+                short.append(f"  {path}: {len(boxes)} boxes for the {len(gt)} frames of {gt.source} "
+                             f"({len(gt) - len(boxes)} short)")
+            elif len(boxes) > len(gt):
+                long_.append(str(path))
+                boxes = boxes[: len(gt)]
+                times = None if times is None else times[: len(gt)]
+            row.append((boxes, times, path))
+        loaded.append(row)
+    if short and length == "error":
+        raise ResultLengthError(
+            f"{len(short)} result file(s) have fewer boxes than the ground truth has frames:\n" + "\n".join(short)
+            + "\nscore them with --length-mismatch truncate (cut the ground truth to the result, as got10k-toolkit "
+            "does) or --length-mismatch pad (the missing frames count as misses, as pytracking does)")
+    per_seq: list[list[SequenceScore]] = []
+    for gt, row in zip(gts, loaded):
+        scores = []
+        for boxes, times, path in row:
+            g, pad = _fit(gt, len(boxes), length)
+            scores.append(score_sequence(conv, boxes, g.boxes, visible=g.visible, cover=g.cover,
+                                         resolution=g.resolution, benchmark=benchmark, name=gt.name, pad=pad,
+                                         times=times, pred_source=str(path), gt_source=gt.source))
+        per_seq.append(scores)
+    display = get_benchmark(benchmark).display if benchmark in BENCHMARKS else benchmark
+    s = summarize(conv, per_seq, tracker=f"{tracker_name}/{param}", benchmark=benchmark, run_names=runs,
+                  display=display)
+    if long_:
+        s.notes.append(f"{len(long_)} result file(s) longer than the ground truth were cut to it "
+                       f"(as pytracking and the LaSOT toolkit do), e.g. {long_[0]}")
+    if short:
+        how = "the ground truth cut to the result" if length == "truncate" else "empty boxes added (misses)"
+        s.notes.append(f"{len(short)} result file(s) shorter than the ground truth scored with {how}")
+    rec = next((v for v in records.values() if v is not None), None)
+    if rec is not None:
+        s.notes.append(f"model: {rec.describe()}")
     return s
 
 
-# ------------------------------------------------------------------------------------ benchmarks
-# name -> (reader module in lorat_scale.data.readers, its read() arguments). Readers are called with
-# clean=False: evaluation uses the ground truth as published (no clipping, no trimming).
-BENCHMARKS: dict[str, tuple[str, dict[str, Any]]] = {
-    "lasot": ("lasot", {"split": "test"}),
-    "lasot_ext": ("lasot", {"split": "all", "dataset": "lasot_ext"}),
-    "got10k_val": ("got10k", {"split": "val"}),
-    "got10k_test": ("got10k", {"split": "test"}),
-    "trackingnet": ("trackingnet", {"split": "test"}),
-    "otb": ("otb", {}),
-    "uav123": ("uav123", {}),
-    "nfs": ("nfs", {}),
-    "tnl2k": ("tnl2k", {}),
-    "vot": ("vot", {}),
-    "custom": ("custom", {"split": "test"}),
-}
-SERVER_ONLY = {"got10k_test": "got10k", "trackingnet": "trackingnet"}  # GT withheld: submission zip only
-
-
-def load_benchmark(name: str, root: str | Path, sequences: str | list[str] = "") -> list[Sequence]:
-    """Sequences of a benchmark (optionally only the named ones), ground truth unmodified."""
-    import importlib
-
-    if name not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {name!r}; choose from {sorted(BENCHMARKS)}")
-    module, kwargs = BENCHMARKS[name]
-    reader = importlib.import_module(f"lorat_scale.data.readers.{module}")
-    seqs = reader.read(root, clean=False, **kwargs)
-    wanted = [s for s in (sequences.split(",") if isinstance(sequences, str) else sequences) if s]
-    if wanted:
-        by_name = {s.name: s for s in seqs}
-        missing = [w for w in wanted if w not in by_name]
-        if missing:
-            raise ValueError(f"{name} at {root}: no sequence(s) {missing[:5]}")
-        seqs = [by_name[w] for w in wanted]
-    if not seqs:
-        raise ValueError(f"{name} at {root}: no sequences found")
-    return seqs
-
-
-def write_submission(benchmark: str, sequences: list[Sequence], out_dir: str | Path, tracker_name: str) -> Path:
-    """GOT-10k / TrackingNet submission zip from the result files of every run."""
-    from .results import write_got10k_zip, write_trackingnet_zip
-
+def write_submission(benchmark: str, gts: list[GroundTruth], out_dir: str | Path, tracker_name: str,
+                     param: str) -> Path:
+    """GOT-10k / TrackingNet submission zip from the result files of every run (boxes rasterized)."""
+    b = get_benchmark(benchmark)
     tdir = Path(out_dir) / tracker_name
-    runs = list_runs(out_dir, tracker_name)
-    loaded = [{s.name: read_sequence_result(tdir / r / f"{s.name}.txt", num_frames=len(s)) for s in sequences}
-              for r in runs]
-    if SERVER_ONLY[benchmark] == "got10k":
-        return write_got10k_zip(tdir / f"{tracker_name}_got10k_test.zip", loaded)
-    return write_trackingnet_zip(tdir / f"{tracker_name}_trackingnet.zip", {k: b for k, (b, _) in loaded[0].items()})
-
-
-def add_evaluate_args(p: argparse.ArgumentParser) -> None:
-    """Arguments of ``lorat-scale evaluate`` / ``scripts/evaluate.py``."""
-    from .metrics import CONVENTIONS
-
-    p.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS))
-    p.add_argument("--root", required=True, help="benchmark root folder")
-    p.add_argument("--checkpoint", default="", help="trainable-only checkpoint (ours or official)")
-    p.add_argument("--variant", default=None, help="e.g. B-224 (default: from the checkpoint)")
-    p.add_argument("--backbone", default="", help="frozen DINOv2 weights (default: from the config)")
-    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (plain 'cuda' spreads workers over GPUs)")
-    p.add_argument("--override", action="append", default=[], help="config override key=value (repeatable)")
-    p.add_argument("--tracker-name", default="", help="results sub-folder (default: checkpoint file stem)")
-    p.add_argument("--results", default="results", help="results root: <results>/<tracker>/run_00k/<seq>.txt")
-    p.add_argument("--repeat", type=int, default=1,
-                   help="runs per sequence, averaged (LoRAT: 3 for LaSOT_ext and GOT-10k)")
-    p.add_argument("--num-workers", type=int, default=1, help="tracker processes in this process (pool)")
-    p.add_argument("--sequences", default="", help="comma-separated subset of sequence names")
-    p.add_argument("--convention", default="stark", choices=sorted(CONVENTIONS))
-    p.add_argument("--iou", default=None, choices=["continuous", "pixel"], help="override the IoU convention")
-    p.add_argument("--no-run", action="store_true", help="only score existing result files")
-
-
-def evaluate_main(args: argparse.Namespace) -> int:
-    """Run (resumably) and score one tracker on one benchmark; print metrics, write the report."""
-    from .metrics import get_convention
-    from .report import write_report
-
-    seqs = load_benchmark(args.benchmark, args.root, args.sequences)
-    name = args.tracker_name or (Path(args.checkpoint).stem if args.checkpoint else "")
-    if not name:
-        raise SystemExit("give --tracker-name (or --checkpoint, whose file name is the default)")
-    if not args.no_run:
-        if not args.checkpoint:
-            raise SystemExit("--checkpoint is needed to run the tracker (or pass --no-run to only score results)")
-        factory = LoRATFactory(args.checkpoint, args.variant, args.backbone, args.device, list(args.override))
-        run_benchmark(factory, seqs, args.results, name, repeat=args.repeat, num_workers=args.num_workers)
-    missing = pending_tasks(seqs, args.results, name, args.repeat)
-    if missing:
-        print(f"{len(missing)} sequence runs have no result yet (other ranks still running?); "
-              f"score later with --no-run")
-        return 0
-    if args.benchmark in SERVER_ONLY:
-        z = write_submission(args.benchmark, seqs, args.results, name)
-        print(f"ground truth is withheld for {args.benchmark}: upload {z} to the evaluation server")
-        return 0
-    summary = evaluate_results(seqs, args.results, name, get_convention(args.convention, iou=args.iou),
-                               dataset=args.benchmark)
-    print(summary)
-    files = write_report([summary], Path(args.results) / name / f"report_{args.benchmark}", title=args.benchmark)
-    print("wrote " + ", ".join(str(p) for p in files.values()))
-    return 0
+    runs = list_runs(out_dir, tracker_name, param)
+    if not runs:
+        raise FileNotFoundError(f"no run folders {tdir / param}_NNN to submit")
+    loaded = [{g.name: read_sequence_result(tdir / r / f"{g.name}.txt") for g in gts} for r in runs]
+    if b.server == "got10k":
+        return write_got10k_zip(tdir / f"{param}_got10k_test.zip", loaded, rasterize=b.rasterize)
+    return write_trackingnet_zip(tdir / f"{param}_trackingnet.zip", {k: v for k, (v, _) in loaded[0].items()},
+                                 rasterize=b.rasterize)

@@ -1,15 +1,32 @@
-"""Predicted peak GPU memory of one LoRAT training step, traced on the CPU with fake tensors.
+"""The dry run: one LoRAT training step on fake CUDA tensors in a fake world of any size.
 
-How: the real model is built on the meta device (seconds even for ViT-g), its parameters are
-replaced by ``FakeTensor``s (shapes and dtypes, no storage), and one full training step
-(forward under autocast, loss, backward, grad clipping, optimizer step, zero_grad) runs under
-``FakeTensorMode`` with PyTorch's ``MemTracker`` counting every live storage. The peak snapshot
-gives frozen weights, trainable weights, gradients, optimizer state, activations and
-temporaries. The step mirrors ``scripts/train.py``: autocast around forward and loss when
-``train.precision`` is bf16/fp16 (accelerate's mixed precision), ``clip_grad_norm_``, the optimizer
-of ``train.optim.build_optimizer`` (torch AdamW traced with foreach, its CUDA default),
-``zero_grad(set_to_none=True)``; the optimizer state exists already (a steady-state step), and the
-LayerNorms follow CUDA's autocast policy (fp32), which CPU autocast does not.
+``dry_run(cfg, world_size, ds)`` runs the project's real training step (``train.step.train_step``:
+device transfer, the all-reduced positives normaliser, forward under CUDA autocast, loss,
+backward, clipping, the project's optimizer) twice, so that the optimizer state exists, on the
+real model built on the meta device with every tensor a fake CUDA tensor, as rank 0 of a process
+group of ``world_size`` ranks whose backend covers CUDA only (as NCCL; ``memory/fake.py``). With
+more than one rank the model goes through ``DistributedDataParallel`` and its gradient buckets
+are all-reduced through that group. A CPU tensor in any collective, or any CPU/CUDA mix in an
+op, fails the run with a message naming the tensor. The second step is measured:
+
+* peak device memory, traced with PyTorch's ``MemTracker`` and split into frozen weights,
+  trainable weights, gradients, optimizer state, activations and temporaries, plus the terms
+  fake tensors cannot see, each modelled and printed (below);
+* FLOPs per step (``FlopCounterMode``: matmuls, convolutions, attention; forward and backward);
+* bytes all-reduced, reduce-scattered and all-gathered per step.
+Every rank of DDP holds the same tensors, so rank 0's figures are every rank's.
+
+DeepSpeed (``ds``): the loop's DeepSpeed code paths run (the config fill and the run checks,
+the step's DeepSpeed branch with its per-micro-batch check and the engine's gradient norm), but
+DeepSpeed's engine is not: a stand-in (``ZeroStandIn``) does what ZeRO-2/3 do to memory and
+communication on fake tensors: the module cast to the 16-bit precision, gradients reduce-scattered
+into this rank's fp32 partition (in ``reduce_bucket_size`` buckets), fp32 master weights and AdamW
+moments for 1/world of the trainable parameters (in CPU memory with ``offload_optimizer``),
+updated 16-bit parameters all-gathered. ZeRO-3's partitioned parameters are modelled: the weights
+term counts 1/world of each parameter above ``stage3_param_persistence_threshold`` plus a gathered
+working set, and every such parameter is all-gathered in forward and again in backward. Not covered:
+DeepSpeed's own kernels, bucketing order and prefetching, its checkpoint files, and the real values
+of anything (fake tensors hold none: the step runs its finite path).
 
 What fake tensors cannot see is modelled explicitly and printed one line per term:
   * bitsandbytes int8/nf4 layers cannot hold fake weights (their Parameter subclasses refuse a
@@ -19,9 +36,12 @@ What fake tensors cannot see is modelled explicitly and printed one line per ter
     temporaries bnb's CUDA path allocates (nf4: a dequantized weight in forward and backward;
     int8: fp16 input copy, int8 input, int32 product, fp16 output, dequantized weight in backward).
   * the flash-attention backward workspace (fp32 dq accumulator + softmax_d, rows rounded to 128),
-    which the CPU kernel traced here does not allocate; logsumexp is traced (same shape on CPU);
+    which the attention kernel's shape function does not allocate; logsumexp is traced;
   * cuBLAS/cuBLASLt workspace, allocator rounding (512 B per block: applied to every traced
     tensor), allocator fragmentation (heuristic), CUDA context (not in max_memory_allocated).
+The loss is ``dense_loss``, equal in value to ``train.loss.lorat_loss`` (tested), whose
+``nonzero()`` has a data-dependent shape that fake tensors cannot trace; its memory is a few
+(B, H, W) maps.
 """
 from __future__ import annotations
 
@@ -31,14 +51,17 @@ import dataclasses
 import math
 import re
 import time
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from ..config import Config, load_config
+from .fake import FAKE_NCCL
 
 GiB = 2**30
 MiB = 2**20
@@ -81,11 +104,6 @@ def resolve_config(variant: str, batch: int, overrides: list[str] | None = None,
     return load_config(variant, [*MEMORY_SAVING[memory_saving], f"train.micro_batch={batch}", *(overrides or [])])
 
 
-def _autocast_dtype(cfg: Config) -> torch.dtype | None:
-    """Autocast dtype of the training step (None for fp32)."""
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.precision]
-
-
 # ---------------------------------------------------------------------------------------------
 # Exact parts from parameter counts (also what the tests check the trace against)
 # ---------------------------------------------------------------------------------------------
@@ -105,8 +123,8 @@ def optimizer_state_bytes(numels: list[int], optimizer: str, dtype_size: int = 4
     """Optimizer state bytes for trainable tensors of ``numels`` elements (first step included)."""
     total = 0
     for n in numels:
-        if optimizer == "adamw":  # exp_avg + exp_avg_sq in the param dtype, plus a scalar step
-            total += 2 * round_block(n * dtype_size) + round_block(4)
+        if optimizer == "adamw":  # exp_avg + exp_avg_sq in the param dtype (its step counters live on the CPU)
+            total += 2 * round_block(n * dtype_size)
         elif optimizer == "adamw8bit":
             if n < ADAM8_MIN:  # bnb keeps small tensors in 32-bit state
                 total += 2 * round_block(4 * n)
@@ -167,7 +185,7 @@ def exact_terms(cfg: Config) -> ExactTerms:
 # ---------------------------------------------------------------------------------------------
 def _build_meta(cfg: Config) -> nn.Module:
     """The training model on the meta device; int8/nf4 frozen weights built as bf16 (see module doc)."""
-    from ..models.lorat import build_model
+    from ..models.builder import build_model
 
     mcfg = copy.deepcopy(cfg.model)
     if mcfg.frozen_dtype in ("int8", "nf4"):
@@ -225,24 +243,25 @@ class _Int8Matmul(torch.autograd.Function):
 class QuantizedLinearStandIn(nn.Module):
     """A frozen bnb Linear8bitLt/Linear4bit(nf4) with exactly bnb's storage, for fake-tensor tracing."""
 
-    def __init__(self, base: nn.Linear, storage: str, compute_dtype: torch.dtype) -> None:
+    def __init__(self, base: nn.Linear, storage: str, compute_dtype: torch.dtype, device: str = "cuda") -> None:
         super().__init__()
         out_f, in_f = base.weight.shape
         self.storage, self.shape, self.compute_dtype = storage, (out_f, in_f), compute_dtype
         n = out_f * in_f
         frozen = dict(requires_grad=False)
-        if storage == "int8":
-            self.weight = nn.Parameter(torch.empty(out_f, in_f, dtype=torch.int8), **frozen)
-            self.scb = nn.Parameter(torch.empty(out_f, dtype=torch.float32), **frozen)
-        else:
-            blocks = math.ceil(n / NF4_BLOCK)
-            self.weight = nn.Parameter(torch.empty((n + 1) // 2, 1, dtype=torch.uint8), **frozen)
-            self.absmax = nn.Parameter(torch.empty(blocks, dtype=torch.uint8), **frozen)
-            self.absmax2 = nn.Parameter(torch.empty(math.ceil(blocks / NF4_BLOCK2), dtype=torch.float32), **frozen)
-            self.code = nn.Parameter(torch.empty(16, dtype=torch.float32), **frozen)
-            self.code2 = nn.Parameter(torch.empty(256, dtype=torch.float32), **frozen)
-            self.offset = nn.Parameter(torch.empty((), dtype=torch.float32), **frozen)
-        self.bias = nn.Parameter(torch.empty(out_f, dtype=compute_dtype), **frozen)
+        with torch.device(device):  # fake CUDA storage, like the rest of the traced model
+            if storage == "int8":
+                self.weight = nn.Parameter(torch.empty(out_f, in_f, dtype=torch.int8), **frozen)
+                self.scb = nn.Parameter(torch.empty(out_f, dtype=torch.float32), **frozen)
+            else:
+                blocks = math.ceil(n / NF4_BLOCK)
+                self.weight = nn.Parameter(torch.empty((n + 1) // 2, 1, dtype=torch.uint8), **frozen)
+                self.absmax = nn.Parameter(torch.empty(blocks, dtype=torch.uint8), **frozen)
+                self.absmax2 = nn.Parameter(torch.empty(math.ceil(blocks / NF4_BLOCK2), dtype=torch.float32), **frozen)
+                self.code = nn.Parameter(torch.empty(16, dtype=torch.float32), **frozen)
+                self.code2 = nn.Parameter(torch.empty(256, dtype=torch.float32), **frozen)
+                self.offset = nn.Parameter(torch.empty((), dtype=torch.float32), **frozen)
+            self.bias = nn.Parameter(torch.empty(out_f, dtype=compute_dtype), **frozen)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The same output shape and dtype as the bnb layer, with its allocations."""
@@ -254,7 +273,7 @@ class QuantizedLinearStandIn(nn.Module):
 
 
 def _fakeify_(model: nn.Module, storage: str) -> None:
-    """Replace every parameter and buffer by an empty CPU tensor (call under FakeTensorMode)."""
+    """Replace every parameter and buffer by an empty CUDA tensor (call inside ``fake.fake_cuda()``)."""
     from ..models.lora import LORA_TARGETS, lora_layers
 
     if storage in ("int8", "nf4"):
@@ -266,58 +285,38 @@ def _fakeify_(model: nn.Module, storage: str) -> None:
     for module in model.modules():
         for name, p in list(module._parameters.items()):
             if p is not None and p.device.type == "meta":
-                fake = torch.empty(p.shape, dtype=p.dtype, device="cpu")
+                fake = torch.empty(p.shape, dtype=p.dtype, device="cuda")
                 module._parameters[name] = nn.Parameter(fake, requires_grad=p.requires_grad)
             elif p is not None and not isinstance(p, torch._subclasses.FakeTensor):
                 module._parameters[name] = nn.Parameter(torch.empty_like(p), requires_grad=p.requires_grad)
         for name, b in list(module._buffers.items()):
             if b is not None:
-                module._buffers[name] = torch.empty(b.shape, dtype=b.dtype, device="cpu")
+                module._buffers[name] = torch.empty(b.shape, dtype=b.dtype, device="cuda")
 
 
 # ---------------------------------------------------------------------------------------------
 # Loss
 # ---------------------------------------------------------------------------------------------
-def dense_loss(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``train.loss.lorat_loss`` computed densely: the same value, without data-dependent shapes.
+def dense_loss(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
+               num_positives: torch.Tensor | float | None = None) -> dict[str, torch.Tensor]:
+    """``train.loss.lorat_loss`` computed densely: the same values, without data-dependent shapes.
 
     ``lorat_loss`` gathers the positive cells with ``nonzero``, whose output shape fake tensors
     cannot know; here every cell is computed and masked. Memory: a few (B,H,W) maps (< 1 MiB at
     batch 16), negligible next to the backbone. tests/test_memory.py checks the value equality.
     """
     from ..boxes import aligned_giou, aligned_iou
+    from ..train.loss import EPS
 
-    eps = 1e-6  # train.loss.EPS
     score, boxes = outputs["score_map"].float(), outputs["boxes"].float()
     pos = batch["positive_map"].to(torch.float32)
     gt = batch["target_box"].float()[:, None, None, :].expand_as(boxes)
     with torch.no_grad():
-        target = aligned_iou(boxes.detach(), gt, eps=eps) * pos
-    n = pos.sum().clamp(min=1.0)
-    bce = F.binary_cross_entropy_with_logits(score, target, reduction="sum")
-    giou = ((1.0 - aligned_giou(boxes, gt, eps=eps)) * pos).sum()
-    return (bce + giou) / n
-
-
-def _loss_fn(cfg: Config) -> tuple[Any, str]:
-    """The project's loss when fake tensors can trace it, else its dense equivalent."""
-    from torch._subclasses.fake_tensor import DynamicOutputShapeException, FakeTensorMode
-
-    try:
-        from ..train.loss import lorat_loss
-    except ImportError:
-        return dense_loss, "dense_loss (lorat_scale/train/loss.py not found)"
-
-    def project(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return lorat_loss(outputs, batch)["loss"]
-
-    try:  # a tiny probe: does the project loss run on fake tensors?
-        with FakeTensorMode():
-            probe = {"score_map": torch.zeros(1, 2, 2, requires_grad=True), "boxes": torch.zeros(1, 2, 2, 4)}
-            project(probe, {"target_box": torch.zeros(1, 4), "positive_map": torch.ones(1, 2, 2, dtype=torch.bool)})
-    except DynamicOutputShapeException:
-        return dense_loss, "dense_loss (= train.loss.lorat_loss, whose nonzero() fake tensors cannot trace)"
-    return project, "train.loss.lorat_loss"
+        target = aligned_iou(boxes.detach(), gt, eps=EPS) * pos
+    n = pos.sum().clamp(min=1.0) if num_positives is None else torch.as_tensor(num_positives, device=score.device)
+    bce = F.binary_cross_entropy_with_logits(score, target, reduction="sum") / n
+    giou = ((1.0 - aligned_giou(boxes, gt, eps=EPS)) * pos).sum() / n
+    return {"loss": bce + giou, "loss_bce": bce, "loss_giou": giou, "num_positives": n}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,13 +347,19 @@ def _frozen_safe_tracker() -> Any:
     * It registers a gradient hook on every parameter of a module, which raises for parameters
       that do not require grad (our whole frozen backbone): here only trainable ones get hooks.
     * After every op it refreshes the peak of every module seen so far (ops x modules: ~30 s for
-      B-224, minutes for g); only the global peak is kept here, plus the phase it occurred in.
+      B-224, minutes for g); only the global peak per device is kept here, plus the phase in which
+      the CUDA device reached it (CPU tensors, such as AdamW's step counters or offloaded
+      optimizer state, are tracked under "cpu" and are not device memory).
     The accounting of storages and their categories is MemTracker's own.
     """
     from torch.distributed._tools.mem_tracker import _TOTAL_KEY, MemTracker, _MemRefType
 
     class _Tracker(MemTracker):
         peak_phase = "forward"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.phase_peaks: dict[str, dict] = {}  # phase -> the CUDA snapshot at that phase's own peak
 
         def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
             # prim.device (a metadata query, allocates nothing) is ~70% of all dispatches on fake
@@ -365,11 +370,15 @@ def _frozen_safe_tracker() -> Any:
 
         def _update_peak_stats(self, peak_state: Any) -> None:
             for dev, snap in self._curr_mem_snap.items():
+                if dev.type == "cuda":
+                    phase = "optimizer step" if self._in_opt else ("backward" if self._mod_tracker.is_bw else "forward")
+                    if self.phase_peaks.get(phase, {}).get(_TOTAL_KEY, -1) < snap[_TOTAL_KEY]:
+                        self.phase_peaks[phase] = dict(snap)
                 if self._peak_mem.get(dev, 0) < snap[_TOTAL_KEY]:
                     self._peak_mem[dev] = snap[_TOTAL_KEY]
                     self._peak_mem_snap[dev] = dict(snap)
-                    self.peak_phase = "optimizer step" if self._in_opt else (
-                        "backward" if self._mod_tracker.is_bw else "forward")
+                    if dev.type == "cuda":
+                        self.peak_phase = phase
 
         def _track_module_params_and_buffers(self, module: nn.Module,
                                              install_grad_hooks: bool = True) -> tuple[int, int]:
@@ -390,35 +399,8 @@ def _frozen_safe_tracker() -> Any:
     return _Tracker()
 
 
-class CudaAutocastLayerNorm(nn.LayerNorm):
-    """nn.LayerNorm as CUDA autocast runs it: in fp32, with an fp32 output (for CPU traces).
-
-    Why: CUDA autocast puts layer_norm on its fp32 list (the next linears cast the fp32 output
-    back to 16 bit, one copy each); CPU autocast keeps it in bf16. Matmul-like ops (linear, mm,
-    bmm, SDPA) are lower precision under both, and the loss is fp32 anyway, so the norms are the
-    one policy difference that changes memory. A module (not a TorchFunctionMode) so that
-    checkpoint recomputation in backward sees it too.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """fp32 layer norm under autocast, the plain one otherwise."""
-        if torch.is_autocast_enabled(x.device.type):
-            with torch.autocast(x.device.type, enabled=False):
-                w = None if self.weight is None else self.weight.float()
-                b = None if self.bias is None else self.bias.float()
-                return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps)
-        return super().forward(x)
-
-
-def _emulate_cuda_autocast_(model: nn.Module) -> None:
-    """Make every LayerNorm of a traced model follow CUDA's autocast policy."""
-    for m in model.modules():
-        if type(m) is nn.LayerNorm:
-            m.__class__ = CudaAutocastLayerNorm
-
-
 def _make_optimizer(model: nn.Module, cfg: Config, fake_mode: Any = None) -> torch.optim.Optimizer:
-    """The training optimizer exactly as scripts/train.py builds it (train.optim.build_optimizer)."""
+    """The training optimizer exactly as the loop builds it (train.optim.build_optimizer)."""
     from ..train.optim import build_optimizer
 
     if cfg.train.optimizer == "adamw8bit" and fake_mode is not None:
@@ -426,7 +408,7 @@ def _make_optimizer(model: nn.Module, cfg: Config, fake_mode: Any = None) -> tor
         # the optimizer outside the fake mode, then make its two 256-entry maps fake.
         with torch._subclasses.fake_tensor.unset_fake_temporarily():
             opt = build_optimizer(model, cfg.train)
-        opt.name2qmap = {k: fake_mode.from_tensor(v) for k, v in opt.name2qmap.items()}
+        opt.name2qmap = {k: fake_mode.from_tensor(v).to("cuda") for k, v in opt.name2qmap.items()}
         return opt
     opt = build_optimizer(model, cfg.train)
     if isinstance(opt, torch.optim.AdamW) and fake_mode is not None:
@@ -517,9 +499,12 @@ def _flash_bwd_workspace(cfg: Config, batch: int) -> int:
     return round_block(4 * rows * n_r * m.num_heads * d_r) + round_block(4 * rows * m.num_heads * n_r)
 
 
-def _modelled_terms(cfg: Config, batch: int, allocated: int) -> list[ModelledTerm]:
+def _modelled_terms(cfg: Config, batch: int, allocated: int, zero3_gathered: int = 0) -> list[ModelledTerm]:
     """The terms fake tensors cannot see, one per kernel/allocator effect."""
     terms = []
+    if zero3_gathered:
+        terms.append(ModelledTerm("ZeRO-3 gathered", zero3_gathered, "one block's parameters all-gathered for its "
+                                  "forward/backward + the next block prefetched (stage3_prefetch_bucket_size)"))
     if cfg.model.attn_backend == "sdpa" and cfg.train.precision in ("bf16", "fp16"):
         terms.append(ModelledTerm("flash-attn bwd", _flash_bwd_workspace(cfg, batch),
                                   "FA2 fp32 dq accumulator + softmax_d of one attention backward "
@@ -553,126 +538,373 @@ def make_batch(cfg: Config, batch: int) -> dict[str, torch.Tensor]:
     }
 
 
-def train_step(model: nn.Module, batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, cfg: Config,
-               loss_fn: Any, after_backward: Any = None) -> torch.Tensor:
-    """One optimisation step as the training loop runs it: autocast forward+loss, backward, clip, step."""
-    dtype = _autocast_dtype(cfg)
-    # The device type of the autocast follows the tensors (CPU when traced, CUDA when benchmarked).
-    device = batch["x"].device.type
-    ctx = torch.autocast(device, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-    with ctx:
-        out = model(batch["z"], batch["x"], batch["z_feat_mask"])
-        loss = loss_fn(out, batch)
-    del out
-    loss.backward()
-    if after_backward is not None:
-        after_backward()
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.train.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip, foreach=True)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return loss.detach()
+# ---------------------------------------------------------------------------------------------
+# DeepSpeed ZeRO on fake tensors
+# ---------------------------------------------------------------------------------------------
+class ZeroStandIn(nn.Module):
+    """DeepSpeed's ZeRO-2/3 engine as the training step sees it, doing to memory and traffic what ZeRO does.
 
-
-def _init_optimizer_state_(optimizer: torch.optim.Optimizer, params: list[nn.Parameter]) -> None:
-    """Create the optimizer state as after the first step, so the traced step is a steady-state one.
-
-    In steady state the state lives through forward and backward; in the very first step it does
-    not exist yet. A step on zero gradients creates it without a forward/backward.
+    ``forward``; ``backward(loss)`` (gradients of the 16-bit module go, as each becomes ready, into a
+    reduce bucket of ``reduce_bucket_size`` elements that is reduce-scattered into this rank's fp32
+    gradient partition); ``step()`` (the global norm all-reduced, clipping, AdamW on this rank's fp32
+    master partition, the updated 16-bit partition all-gathered in ``allgather_bucket_size``
+    buckets); ``get_global_grad_norm()``. ZeRO-3 also all-gathers each parameter above
+    ``stage3_param_persistence_threshold`` before a module's forward and again before its backward.
     """
-    for p in params:
-        p.grad = torch.zeros_like(p)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+
+    def __init__(self, module: nn.Module, cfg: Config, ds: dict, world: int, accumulation: int) -> None:
+        super().__init__()
+        zero = ds.get("zero_optimization", {})
+        self.zero, self.stage, self.world, self.accumulation = zero, int(zero.get("stage", 0)), world, accumulation
+        self.dtype = ds_dtype(ds)  # the module was cast to it before it became fake (see _trace)
+        self.module = module
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        numel = sum(p.numel() for p in self.params)
+        self.part = math.ceil(numel / world)  # DeepSpeed pads the flat buffer into equal partitions
+        self.host = "cpu" if zero.get("offload_optimizer", {}).get("device") == "cpu" else "cuda"
+        self.bucket = torch.empty(min(int(zero.get("reduce_bucket_size", 5e8)), numel), dtype=self.dtype, device="cuda")
+        self.gather_bucket = int(zero.get("allgather_bucket_size", 5e8))
+        self.grad_partition = torch.zeros(self.part, dtype=torch.float32, device=self.host)
+        self.master = nn.Parameter(torch.zeros(self.part, dtype=torch.float32, device=self.host))
+        t = cfg.train
+        self.optimizer = torch.optim.AdamW([self.master], lr=t.lr, betas=t.betas, weight_decay=t.weight_decay,
+                                           foreach=True)
+        self.grad_clip, self.filled, self.micro, self._norm = t.grad_clip, 0, 0, None
+        for p in self.params:
+            p.register_post_accumulate_grad_hook(self._grad_ready)
+        self.persistence = int(zero.get("stage3_param_persistence_threshold", 1e5))
+        if self.stage == 3:
+            for m in module.modules():
+                if any(p.numel() > self.persistence for p in m.parameters(recurse=False)):
+                    m.register_forward_pre_hook(lambda mod, args: self._gather(mod))
+                    m.register_full_backward_pre_hook(lambda mod, grad: self._gather(mod))
+
+    def extra_bytes(self) -> tuple[int, int]:
+        """(gradient, master-weight) bytes this stand-in keeps on the device besides the module."""
+        on_device = self.host == "cuda"
+        grads = round_block(self.bucket.nbytes) + (round_block(self.grad_partition.nbytes) if on_device else 0)
+        return grads, round_block(self.master.nbytes) if on_device else 0
+
+    def forward(self, *args: Any) -> Any:
+        """The wrapped module's forward."""
+        return self.module(*args)
+
+    def gathered_working_set(self) -> int:
+        """ZeRO-3: bytes of gathered parameters alive at once: one block's, plus the prefetch bucket."""
+        blocks = getattr(self.module, "blocks", [self.module])
+        block = max(sum(round_block(p.numel() * p.element_size()) for p in b.parameters()
+                        if p.numel() > self.persistence) for b in blocks)
+        prefetch = int(self.zero.get("stage3_prefetch_bucket_size", 5e7)) * torch.finfo(self.dtype).bits // 8
+        live = int(self.zero.get("stage3_max_live_parameters", 1e9)) * torch.finfo(self.dtype).bits // 8
+        return min(block + min(prefetch, block), live)
+
+    def _gather(self, module: nn.Module) -> None:
+        for p in module.parameters(recurse=False):
+            if p.numel() > self.persistence:
+                shard = p.new_empty(math.ceil(p.numel() / self.world)).reshape(-1)
+                _all_gather(p.new_empty(shard.numel() * self.world), shard)
+
+    def _grad_ready(self, p: nn.Parameter) -> None:
+        flat = p.grad.reshape(-1)
+        if flat.numel() > self.bucket.numel():  # larger than a bucket: reduced on its own
+            self._reduce(flat)
+        else:
+            if self.filled + flat.numel() > self.bucket.numel():
+                self._reduce_bucket()
+            self.bucket[self.filled:self.filled + flat.numel()].copy_(flat)
+            self.filled += flat.numel()
+        p.grad = None  # DeepSpeed frees each gradient once it is in the bucket
+
+    def _reduce_bucket(self) -> None:
+        if self.filled:
+            self._reduce(self.bucket[:self.filled])
+            self.filled = 0
+
+    def _reduce(self, flat: torch.Tensor) -> None:
+        """Reduce-scatter ``flat`` (padded to a multiple of the world) into this rank's fp32 partition."""
+        out = math.ceil(flat.numel() / self.world)
+        padded = flat if out * self.world == flat.numel() else flat.new_empty(out * self.world)
+        shard = flat.new_empty(out)
+        (getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor)(shard, padded)
+        self.grad_partition[:out].add_(shard.to(self.grad_partition.device, torch.float32))
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backward (loss divided by the accumulation steps, as DeepSpeed does); steps on the last micro-batch."""
+        (loss / self.accumulation).backward()
+        self._reduce_bucket()
+        self.micro += 1
+        if self.micro % self.accumulation == 0:
+            self.step()
+
+    def step(self) -> None:
+        """Norm, clip, AdamW on the fp32 partition, all-gather of the updated 16-bit parameters."""
+        sq = self.grad_partition.to("cuda").pow(2).sum()
+        dist.all_reduce(sq)
+        self._norm = sq.sqrt()
+        coef = (self.grad_clip / (self._norm + 1e-6)).clamp(max=1.0).to(self.host)
+        self.master.grad = self.grad_partition * coef
+        self.optimizer.step()
+        self.master.grad = None
+        self.grad_partition.zero_()
+        part16 = self.master.to("cuda", self.dtype)
+        for start in range(0, self.part, max(self.gather_bucket // self.world, 1)):
+            shard = part16[start:start + max(self.gather_bucket // self.world, 1)]
+            _all_gather(shard.new_empty(shard.numel() * self.world), shard)
+
+    def get_global_grad_norm(self) -> torch.Tensor | None:
+        """The last step's global gradient norm (before clipping)."""
+        return self._norm
 
 
+def _all_gather(output: torch.Tensor, shard: torch.Tensor) -> None:
+    """All-gather ``shard`` of every rank into ``output`` (the non-deprecated name where torch has it)."""
+    (getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor)(output, shard)
+
+
+def ds_dtype(ds: dict) -> torch.dtype:
+    """The dtype DeepSpeed casts the whole module to (frozen weights included): bf16, fp16 or fp32."""
+    return (torch.bfloat16 if ds.get("bf16", {}).get("enabled") is True else
+            torch.float16 if ds.get("fp16", {}).get("enabled") is True else torch.float32)
+
+
+class ZeroRunner:
+    """The step's runner under DeepSpeed: backward through the engine, no autocast, reduce over the world."""
+
+    def __init__(self, engine: ZeroStandIn) -> None:
+        self.engine, self.device = engine, torch.device("cuda")
+
+    num_processes = property(lambda self: self.engine.world)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """None: DeepSpeed runs the 16-bit module itself."""
+        return contextlib.nullcontext()
+
+    def accumulate(self, model: nn.Module) -> contextlib.AbstractContextManager:
+        """Nothing to do: DeepSpeed accumulates into its partitions."""
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """The engine's backward (it steps on the last micro-batch)."""
+        self.engine.backward(loss)
+
+    def reduce(self, tensor: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+        """Sum over the world."""
+        tensor = tensor.clone()
+        dist.all_reduce(tensor)
+        return tensor / self.engine.world if reduction == "mean" else tensor
+
+
+# ---------------------------------------------------------------------------------------------
+# The dry run
+# ---------------------------------------------------------------------------------------------
 TERMS = ("frozen_weights", "trainable_weights", "gradients", "optimizer_state", "activations", "temporaries",
          "gradients_total")
+COUNTS = ("flops", "all_reduce", "reduce_scatter", "all_gather", "zero3_gathered")  # extrapolated like the terms
 
 
-def trace_step(cfg: Config) -> tuple[dict[str, int], str, str]:
-    """Trace one steady-state training step on fake tensors: (bytes per term at the peak, phase, loss).
+@dataclasses.dataclass
+class DryRun:
+    """What one training step does on each rank: memory, FLOPs, communication (bytes)."""
 
-    The terms also hold ``gradients_total``: all gradients, after backward (the peak may come
-    before every gradient exists).
-    """
-    from torch._subclasses.fake_tensor import FakeTensorMode
+    memory: MemoryEstimate
+    world_size: int
+    accumulation: int
+    flops: int  # matmul/conv/attention FLOPs of forward + backward, one step, one rank
+    all_reduce: int  # bytes all-reduced per step by one rank
+    reduce_scatter: int
+    all_gather: int
+    engine: str  # "single process", "DDP" or "DeepSpeed ZeRO-N" (stand-in)
+    seconds: float
+
+    def report(self) -> str:
+        """The memory breakdown, then one line each for memory, FLOPs and communication per rank."""
+        w, m = self.world_size, self.memory
+        ranks = "rank 0" if w == 1 else f"every rank 0..{w - 1} (identical)"
+        lines = [m.report(), "",
+                 f"dry run: {m.variant}, micro-batch {m.batch} x accumulation {self.accumulation} x world {w}, "
+                 f"{self.engine}, fake CUDA tensors, process group '{FAKE_NCCL}' (CUDA only), {self.seconds:.1f} s",
+                 f"per rank memory: {ranks}: peak {m.peak / GiB:.2f} GiB "
+                 f"(max_memory_allocated {m.allocated / GiB:.2f} GiB)",
+                 f"per rank FLOPs per step: {self.flops / 1e12:.3f} TFLOP "
+                 "(forward + backward: matmul, conv, attention)",
+                 f"per rank communication per step: all-reduce {format_bytes(self.all_reduce)}, "
+                 f"reduce-scatter {format_bytes(self.reduce_scatter)}, all-gather {format_bytes(self.all_gather)}"]
+        return "\n".join(lines)
+
+
+def format_bytes(n: int) -> str:
+    """Bytes in the largest unit that keeps a figure above 1 (B, KiB, MiB, GiB)."""
+    for unit, size in (("GiB", GiB), ("MiB", MiB), ("KiB", 1024)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def _trace(cfg: Config, world: int, ds: dict | None, accumulation: int) -> tuple[dict[str, int], str, str]:
+    """Two real training steps on fake CUDA in a fake world; terms and counts of the second; phase; engine."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ..train.distributed import DDP_KWARGS
+    from ..train.step import LocalRunner, train_step
+    from .fake import ddp_wrap, fake_cuda, fake_world
 
     model = _build_meta(cfg)
-    loss_fn, loss_name = _loss_fn(cfg)
-    with FakeTensorMode(allow_non_fake_inputs=False) as mode:
+    if ds is not None:
+        model.to(ds_dtype(ds))  # DeepSpeed casts the whole module, frozen weights included
+    with fake_world(world) as check, fake_cuda() as mode, check:
         _fakeify_(model, cfg.model.frozen_dtype)
-        _emulate_cuda_autocast_(model)
+        if ds is not None:
+            engine = ZeroStandIn(model, cfg, ds, world, accumulation)
+            wrapped, runner, optimizer = engine, ZeroRunner(engine), engine.optimizer
+            offload = ", optimizer offloaded to CPU" if engine.host == "cpu" else ""
+            name = f"DeepSpeed ZeRO-{engine.stage} (stand-in{offload})"
+        else:
+            optimizer = _make_optimizer(model, cfg, mode)
+            runner = LocalRunner("cuda", cfg.train.precision, accumulation)
+            optimizer = runner.prepare_optimizer(optimizer)
+            wrapped = ddp_wrap(model, **DDP_KWARGS) if world > 1 else model
+            name = "DDP" if world > 1 else "single process"
         trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = _make_optimizer(model, cfg, mode)
-        _init_optimizer_state_(optimizer, trainable)
-        batch = make_batch(cfg, cfg.train.micro_batch)
+        batches = [make_batch(cfg, cfg.train.micro_batch) for _ in range(accumulation)]
+
+        def step() -> None:
+            train_step(wrapped, optimizer, batches, runner, trainable=trainable, grad_clip=cfg.train.grad_clip,
+                       deepspeed=ds is not None, loss_fn=dense_loss, host_sync=False)
+
+        # Step 1 creates the optimizer state and is where the FLOPs are counted (FlopCounterMode's
+        # module hooks keep checkpointed blocks' recomputed activations alive: not in the measured step).
+        flops = FlopCounterMode(display=False)
+        with flops:
+            step()
+        check.traffic.reset()
         tracker = _frozen_safe_tracker()
-        with _cuda_block_rounding():
-            tracker.track_external(model, optimizer, *batch.values())
-            grads: list[int] = []
+        grads = [0]  # the most gradient bytes alive at once (all of them, after backward, on one device)
 
-            def all_gradients() -> None:  # every gradient exists between backward and step
-                grads.append(sum(int(s.get("Gradient", 0)) for s in tracker.get_tracker_snapshot().values()))
+        def count_gradients(p: nn.Parameter) -> None:
+            snap = next((v for d, v in tracker.get_tracker_snapshot().items() if d.type == "cuda"), {})
+            grads[0] = max(grads[0], int(sum(v for k, v in snap.items() if getattr(k, "value", k) == "Gradient")))
 
+        with _cuda_block_rounding(), warnings.catch_warnings():
+            # MemTracker warns about optimizer-state entries that hold no tensor (None): nothing to count.
+            warnings.filterwarnings("ignore", message="Expected a tensor or a traceable wrapper-subclass")
+            extra = [engine.bucket, engine.grad_partition] if ds is not None else []
+            tracker.track_external(model, getattr(optimizer, "optimizer", optimizer), *extra)
+            hooks = [p.register_post_accumulate_grad_hook(count_gradients) for p in trainable] if world == 1 else []
             with tracker:
-                train_step(model, batch, optimizer, cfg, loss_fn, after_backward=all_gradients)
-        snap = next(iter(tracker.get_tracker_snapshot("peak").values()))
-    trainable_bytes = sum(round_block(p.numel() * p.element_size()) for p in trainable)
-    terms = {
-        "frozen_weights": snap.get("Parameter", 0) + snap.get("Buffer", 0) - trainable_bytes,
-        "trainable_weights": trainable_bytes,
-        "gradients": snap.get("Gradient", 0),
-        "optimizer_state": snap.get("Optstate", 0),
-        "activations": snap.get("Activation", 0) + snap.get("Other", 0),  # "Other" = the batch
-        "temporaries": snap.get("Temp", 0),
-        "gradients_total": grads[0],
-    }
-    return {k: int(v) for k, v in terms.items()}, tracker.peak_phase, loss_name
+                step()  # the steady state: memory and traffic are measured here
+            for h in hooks:
+                h.remove()
+        trainable_bytes = sum(round_block(p.numel() * p.element_size()) for p in trainable)
+        adjust = _term_adjustments(model, trainable, trainable_bytes, world, engine if ds is not None else None, extra)
+        phases = {}
+        for phase, snap in tracker.phase_peaks.items():  # the terms at each phase's own peak
+            get = {getattr(k, "value", k): int(v) for k, v in snap.items()}.get
+            terms = {
+                "frozen_weights": get("Parameter", 0) + get("Buffer", 0) - trainable_bytes,
+                "trainable_weights": trainable_bytes,
+                "gradients": get("Gradient", 0),
+                "optimizer_state": get("Optstate", 0),
+                "activations": get("Activation", 0) + get("Other", 0),  # "Other" = the batch
+                "temporaries": get("Temp", 0),
+                # World 1: measured (every gradient exists after backward); DDP's buckets hold them all.
+                "gradients_total": grads[0] if world == 1 else trainable_bytes,
+            }
+            phases[phase] = adjust(terms)
+        t = check.traffic
+        counts = {"flops": int(flops.get_total_flops()), "all_reduce": t.all_reduce,
+                  "reduce_scatter": t.reduce_scatter, "all_gather": t.all_gather,
+                  "zero3_gathered": engine.gathered_working_set() if ds is not None and engine.stage == 3 else 0}
+    return phases, counts, name
+
+
+def _term_adjustments(model: nn.Module, trainable: list[nn.Parameter], trainable_bytes: int, world: int,
+                      engine: ZeroStandIn | None, extra: list[torch.Tensor]) -> Any:
+    """What MemTracker's categories miss for DDP and the ZeRO stand-in, as a function on the terms."""
+
+    def adjust(terms: dict[str, int]) -> dict[str, int]:
+        if engine is not None:
+            bucket_bytes, master_bytes = engine.extra_bytes()
+            terms["frozen_weights"] -= master_bytes  # the master partition is a parameter of the stand-in
+            terms["trainable_weights"] += master_bytes
+            terms["gradients"] += bucket_bytes
+            terms["activations"] -= sum(round_block(t.nbytes) for t in extra if t.device.type == "cuda")
+            terms["gradients_total"] = bucket_bytes
+            if engine.stage == 3:  # partitioned: 1/world of each parameter above the persistence threshold
+                for key, params in (("frozen_weights", [p for p in model.parameters() if not p.requires_grad]),
+                                    ("trainable_weights", trainable)):
+                    big = sum(round_block(p.numel() * p.element_size()) for p in params
+                              if p.numel() > engine.persistence)
+                    terms[key] -= big - math.ceil(big / world)
+        elif world > 1:
+            # gradient_as_bucket_view: DDP's buckets hold every gradient, allocated once and kept.
+            terms["gradients"] = trainable_bytes
+        return terms
+
+    return adjust
 
 
 def default_probes(cfg: Config) -> tuple[int, int] | None:
-    """Probe depths for ``estimate``: extrapolate deep models (L, g), trace shallow ones fully."""
+    """Probe depths for ``dry_run``: extrapolate deep models (L, g), trace shallow ones fully."""
     return (2, 4) if cfg.model.depth > 12 else None
 
 
-def estimate(cfg: Config, probe_depths: tuple[int, int] | None = None) -> MemoryEstimate:
-    """Trace one training step of ``cfg`` (batch = train.micro_batch) and predict its GPU peak.
+def dry_run(cfg: Config, world_size: int = 1, ds: dict | None = None,
+            probe_depths: tuple[int, int] | None = None) -> DryRun:
+    """Run two training steps of ``cfg`` on fake CUDA as rank 0 of ``world_size`` ranks; measure the second.
 
-    ``probe_depths=(d0, d1)``: trace the model with d0 and d1 blocks instead of all of them and
-    extrapolate linearly to the full depth. The peak total is exact because the blocks are
-    identical and every term at the peak is affine in the depth (stored activations, weights,
-    gradients and optimizer state per block; one block's recomputation); the two probes must peak
-    in the same phase, else the full model is traced. Where two moments of the step tie for the
-    peak (tiny models at small batch) the split between gradients/activations/temporaries can
-    differ from a full trace; the total does not. ~5x faster for ViT-g.
+    ``cfg.train.micro_batch`` is the per-rank micro-batch and ``cfg.train.global_batch`` must be a
+    multiple of micro-batch x world size (its quotient is the accumulation). ``ds``: a DeepSpeed
+    config (filled and checked as the loop does). ``probe_depths=(d0, d1)``: trace the model with
+    d0 and d1 blocks instead of all of them and extrapolate linearly to the full depth: the blocks
+    are identical, so the memory at the peak of each phase (forward, backward, optimizer step),
+    the FLOPs and the bytes communicated are affine in the depth; each phase is extrapolated on
+    its own and the largest is the peak. ~10x faster for ViT-g.
     """
+    from ..train.distributed import accumulation_steps, check_run, fill_ds_config
+
     t0 = time.perf_counter()
+    check_run(cfg, ds, "cuda")
+    accumulation = accumulation_steps(cfg.train.global_batch, cfg.train.micro_batch, world_size)
+    if ds is not None:
+        ds = fill_ds_config(ds, cfg.train, world_size)
     depth = cfg.model.depth
-    note = ""
     if probe_depths and max(probe_depths) < depth:
         d0, d1 = probe_depths
         probes = []
         for d in (d0, d1):
             c = copy.deepcopy(cfg)
             c.model.depth = d
-            probes.append(trace_step(c))
-        (t_0, ph0, loss_name), (t_1, ph1, _) = probes
-        if ph0 == ph1:
-            terms = {k: t_0[k] + (t_1[k] - t_0[k]) * (depth - d0) // (d1 - d0) for k in TERMS}
-            phase = ph0
-            note = f" (extrapolated from depths {d0} and {d1})"
-    if not note:
-        terms, phase, loss_name = trace_step(cfg)
+            probes.append(_trace(c, world_size, ds, accumulation))
+        (ph0, c0, engine), (ph1, c1, _) = probes
+        lerp = lambda a, b: a + (b - a) * (depth - d0) // (d1 - d0)  # noqa: E731
+        phases = {ph: {k: lerp(ph0[ph][k], ph1[ph][k]) for k in TERMS} for ph in ph0 if ph in ph1}
+        counts = {k: lerp(c0[k], c1[k]) for k in COUNTS}
+        note = f" (extrapolated from depths {d0} and {d1})"
+    else:
+        phases, counts, engine = _trace(cfg, world_size, ds, accumulation)
+        note = ""
+    # The peak is the largest of the phases' peaks (each affine in the depth: extrapolated separately).
+    phase = max(phases, key=lambda ph: sum(phases[ph][k] for k in TERMS[:6]))
+    values = {**phases[phase], **counts}
     m, t = cfg.model, cfg.train
     options = {
         "grad_checkpointing": m.grad_checkpointing, "frozen_dtype": m.frozen_dtype,
         "trainable_dtype": m.trainable_dtype, "precision": t.precision, "optimizer": t.optimizer,
         "attn_backend": m.attn_backend, "batch_subset_drop_path": m.batch_subset_drop_path and m.drop_path > 0.1,
     }
-    return MemoryEstimate(
-        variant=cfg.variant, batch=t.micro_batch, options=options, **terms,
-        modelled=_modelled_terms(cfg, t.micro_batch, sum(terms[k] for k in TERMS[:6])), loss=loss_name,
-        seconds=time.perf_counter() - t0, peak_phase=phase + note,
-    )
+    seconds = time.perf_counter() - t0
+    memory = MemoryEstimate(
+        variant=cfg.variant, batch=t.micro_batch, options=options, **{k: values[k] for k in TERMS},
+        modelled=_modelled_terms(cfg, t.micro_batch, sum(values[k] for k in TERMS[:6]), values["zero3_gathered"]),
+        loss="dense_loss (= train.loss.lorat_loss, whose nonzero() fake tensors cannot trace)",
+        seconds=seconds, peak_phase=phase + note)
+    return DryRun(memory=memory, world_size=world_size, accumulation=accumulation, flops=values["flops"],
+                  all_reduce=values["all_reduce"], reduce_scatter=values["reduce_scatter"],
+                  all_gather=values["all_gather"], engine=engine, seconds=seconds)
+
+
+def estimate(cfg: Config, probe_depths: tuple[int, int] | None = None) -> MemoryEstimate:
+    """Predicted peak GPU memory of one training step of ``cfg`` on one GPU (the dry run's memory part)."""
+    one = copy.deepcopy(cfg)
+    one.train.global_batch = one.train.micro_batch  # one micro-batch per step
+    return dry_run(one, 1, None, probe_depths).memory

@@ -25,11 +25,30 @@ def freeze_backbone_(model: nn.Module) -> None:
         p.requires_grad_(name.startswith(TRAINABLE_PREFIXES))
 
 
-def quantize_frozen_(model: nn.Module, storage: str) -> None:
+# bitsandbytes releases whose Int8Params.to() re-quantizes weights that are int8 already when they
+# move from the CPU to a GPU (every weight scaled by 127/SCB): refused for int8 storage.
+BNB_INT8_MOVE_BUG = ((0, 46), (0, 47))
+
+
+def check_bitsandbytes(version: str, storage: str) -> None:
+    """Refuse a bitsandbytes release known to corrupt ``storage`` weights; the message names the fix."""
+    major_minor = tuple(int(x) for x in version.split(".")[:2] if x.isdigit())
+    if storage == "int8" and major_minor in BNB_INT8_MOVE_BUG:
+        raise RuntimeError(
+            f"model.frozen_dtype=int8 with bitsandbytes {version}: this release re-quantizes int8 weights when "
+            "they move from the CPU to a GPU (every weight scaled by 127/SCB). "
+            "Install another release: pip install 'bitsandbytes>=0.48'"
+        )
+
+
+def quantize_frozen_(model: nn.Module, storage: str, device: str | torch.device | None = None) -> None:
     """Store frozen weights in bf16/fp16, or the block linears in int8/nf4 through bitsandbytes.
 
     int8/nf4 keep the non-linear frozen tensors (norms, LayerScale, patch embed, position table)
-    in bf16. Must run before LoRA injection so that peft picks its bnb-aware LoRA layers.
+    in bf16. Must run before LoRA injection so that peft picks its bnb-aware LoRA layers. The
+    quantized layers are built from a CPU copy of each weight and moved to ``device`` (default:
+    where the weight is): bitsandbytes quantizes on that move, so the weights are quantized once,
+    on the device that trains, and never moved again as int8.
     """
     if storage == "fp32":
         return
@@ -47,11 +66,14 @@ def quantize_frozen_(model: nn.Module, storage: str) -> None:
         raise RuntimeError(f"model.frozen_dtype={storage} needs bitsandbytes: pip install 'lorat_scale[bnb]'") from e
     import re
 
+    check_bitsandbytes(bnb.__version__, storage)
+
     pattern = re.compile(LORA_TARGETS)
     for name, module in list(model.named_modules()):
         if not (pattern.fullmatch(name) and type(module) is nn.Linear):
             continue
-        w = module.weight.data.float()
+        target = module.weight.device if device is None else torch.device(device)
+        w = module.weight.data.float().cpu()
         if storage == "int8":
             q = bnb.nn.Linear8bitLt(module.in_features, module.out_features, has_fp16_weights=False)
             q.weight = bnb.nn.Int8Params(w, requires_grad=False, has_fp16_weights=False)
@@ -59,7 +81,7 @@ def quantize_frozen_(model: nn.Module, storage: str) -> None:
             q = bnb.nn.Linear4bit(module.in_features, module.out_features, compute_dtype=half, quant_type="nf4")
             q.weight = bnb.nn.Params4bit(w, requires_grad=False, quant_type="nf4")
         q.bias = nn.Parameter(module.bias.data.to(half), requires_grad=False)
-        q = q.to(module.weight.device)  # bitsandbytes quantizes on the device move
+        q = q.to(target)  # bitsandbytes quantizes on this move (from the CPU)
         parent, attr = name.rsplit(".", 1)
         setattr(model.get_submodule(parent), attr, q)
     # peft dispatches to its bnb-aware LoRA layers (which can merge) only when it sees these flags.
@@ -86,9 +108,14 @@ def add_lora_(model: nn.Module, r: int, alpha: float, dropout: float, init: str,
             p.requires_grad_(True)
     if init == "trunc_normal":
         # LoRAT's "bert" init (trunc_normal std 0.02 on both A and B) is not among peft's choices.
+        # Drawn on the CPU and copied: the same numbers whatever device the adapters live on.
         for layer in lora_layers(model):
             for factor in (layer.lora_A["default"], layer.lora_B["default"]):
-                trunc_normal_(factor.weight, std=0.02)
+                w = factor.weight
+                if w.device.type == "meta":
+                    continue
+                with torch.no_grad():
+                    w.copy_(trunc_normal_(torch.empty(w.shape, dtype=w.dtype), std=0.02))
 
 
 def lora_layers(model: nn.Module) -> list[LoraLayer]:

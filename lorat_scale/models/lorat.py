@@ -133,35 +133,6 @@ class LoRAT(nn.Module):
         return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
 
 
-def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", backbone_state: dict | None = None) -> LoRAT:
-    """Build a LoRAT training model: backbone weights loaded, frozen, stored, LoRA injected.
-
-    ``device="meta"`` builds shapes only (no memory; parameter/MAC counting, memory estimates).
-    Backbone weights come from ``backbone_state`` or ``cfg.backbone_weights`` (see weights.py);
-    with neither, the backbone keeps its random init (tests, shape checks).
-    """
-    from . import weights  # local: weights imports this module
-
-    # Everything random (a backbone without weights, the trainable init) draws from a fixed seed so
-    # that every rank and every rerun builds the identical model.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.init_seed)
-        with torch.device(device):
-            model = LoRAT(cfg)
-        meta = torch.device(device).type == "meta"
-        if backbone_state is None and cfg.backbone_weights and not meta:
-            backbone_state = weights.read_backbone(cfg.backbone_weights)
-        if backbone_state is not None:
-            weights.load_backbone_(model, backbone_state)
-        lora.freeze_backbone_(model)
-        lora.quantize_frozen_(model, cfg.frozen_dtype)
-        model.init_trainable_()
-        lora.add_lora_(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_init, cfg.use_rslora)
-    # peft creates adapters in the base weight's dtype; trainable tensors follow the config instead.
-    lora.set_lora_dtype_(model, lora.FROZEN_DTYPES[cfg.trainable_dtype])
-    return model
-
-
 def merge_for_inference(model: LoRAT, inplace: bool = False) -> LoRAT:
     """Plain ViT for inference: LoRA merged into the weights and q/k/v fused into one qkv.
 

@@ -7,7 +7,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..config import VARIANTS, get_preset
-from .lorat import build_model, merge_for_inference
+from .builder import build_model
+from .lorat import merge_for_inference
 
 
 @dataclasses.dataclass

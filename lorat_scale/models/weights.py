@@ -206,7 +206,8 @@ def load_trainable(model: LoRAT, path: str | Path) -> dict[str, str]:
         state = official_to_ours(state)
     elif meta.get("format") == FORMAT:
         cfg = model.cfg
-        for key, want in (("lora_r", str(cfg.lora_r)), ("lora_alpha", str(cfg.lora_alpha))):
+        for key, want in (("lora_r", str(cfg.lora_r)), ("lora_alpha", str(cfg.lora_alpha)),
+                          ("use_rslora", str(cfg.use_rslora))):
             if key in meta and meta[key] != want:
                 raise CheckpointMismatchError(
                     f"{path}: checkpoint has {key}={meta[key]} but the model config has model.{key}={want}"

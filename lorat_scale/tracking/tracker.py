@@ -30,23 +30,23 @@ from ..models import LoRAT, build_model, merge_for_inference
 from .backends import OnnxRuntimeRunner, TorchRunner, check_backend
 from .postprocess import postprocess
 
-__all__ = ["Tracker", "BatchTracker", "load_model", "to_rgb_uint8", "resolve_device"]
+__all__ = ["Tracker", "BatchTracker", "load_model", "resolve_config", "to_rgb_uint8", "resolve_device"]
 
 
-def load_model(
+def resolve_config(
     checkpoint: str | Path | None,
     variant: str | None = None,
     backbone: str = "",
     config: Config | None = None,
     overrides: list[str] | None = None,
-) -> tuple[LoRAT, Config]:
-    """(un-merged model, config) from a trainable checkpoint (ours or official) + backbone weights.
+) -> Config:
+    """The configuration ``load_model`` builds for these arguments, without building the model.
 
     The variant comes from ``config``, else ``variant``, else the checkpoint metadata, else S-224.
     Backbone: ``backbone`` or ``config.model.backbone_weights``; required with a checkpoint
-    (checkpoints hold no frozen weights). Without a checkpoint the head is untrained.
+    (checkpoints hold no frozen weights).
     """
-    from ..models.weights import load_trainable, model_config_from_meta, read_metadata
+    from ..models.weights import model_config_from_meta, read_metadata
 
     meta: dict[str, str] = {}
     if checkpoint:
@@ -70,6 +70,23 @@ def load_model(
             "a backbone is needed: trainable-only checkpoints hold no frozen DINOv2 weights "
             "(pass backbone=PATH or set model.backbone_weights)"
         )
+    return config
+
+
+def load_model(
+    checkpoint: str | Path | None,
+    variant: str | None = None,
+    backbone: str = "",
+    config: Config | None = None,
+    overrides: list[str] | None = None,
+) -> tuple[LoRAT, Config]:
+    """(un-merged model, config) from a trainable checkpoint (ours or official) + backbone weights.
+
+    The configuration is ``resolve_config``'s. Without a checkpoint the head is untrained.
+    """
+    from ..models.weights import load_trainable
+
+    config = resolve_config(checkpoint, variant=variant, backbone=backbone, config=config, overrides=overrides)
     model = build_model(config.model)
     if checkpoint:
         load_trainable(model, checkpoint)

@@ -1,2 +1,3 @@
-"""Training pieces: the LoRAT criterion (loss.py), AdamW groups and lr schedule (optim.py), the global-batch split
-and DeepSpeed config fill (distributed.py). The loop itself is scripts/train.py."""
+"""Training: the loop (loop.py, ``lorat-scale train``), one training step (step.py), the LoRAT criterion
+(loss.py), AdamW groups and lr schedule (optim.py), the global-batch split, DeepSpeed config and run
+checks (distributed.py)."""

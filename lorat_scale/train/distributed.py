@@ -1,4 +1,4 @@
-"""How one global batch is spread over ranks and accumulation steps, and the DeepSpeed config fill.
+"""How one global batch is spread over ranks and accumulation steps, the DeepSpeed config, run checks.
 
 Global batch G = micro_batch * world_size * accumulation. Optimizer step s of an epoch covers the
 pair indices [s*G, (s+1)*G) of that epoch; micro-step m of rank r takes the slice starting at
@@ -12,7 +12,11 @@ import copy
 import json
 from pathlib import Path
 
-from ..config import ConfigError, TrainConfig
+from ..config import Config, ConfigError, TrainConfig
+
+# DistributedDataParallel options of the loop (and of the dry run's DDP): gradients live in the
+# communication buckets (no second copy).
+DDP_KWARGS = {"gradient_as_bucket_view": True}
 
 # DeepSpeed keys that the run's config decides; ds_configs/*.json set them to "auto".
 DS_RUN_KEYS = (
@@ -60,6 +64,55 @@ def _set(d: dict, dotted: str, value) -> None:
     d[leaf] = value
 
 
+def read_ds_config(path: str | Path) -> dict:
+    """A DeepSpeed JSON file as a dict; a missing, broken or non-object file raises one line naming it."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"--ds {path}: cannot read the DeepSpeed config ({e.strerror or e})") from None
+    try:
+        ds = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--ds {path}: line {e.lineno} column {e.colno}: not valid JSON ({e.msg}); "
+                          "expected a DeepSpeed config object such as ds_configs/zero2.json") from None
+    if not isinstance(ds, dict):
+        raise ConfigError(f"--ds {path}: expected a JSON object ({{...}}) of DeepSpeed settings, "
+                          f"got a JSON {type(ds).__name__}")
+    return ds
+
+
+def zero_stage(ds: dict | None) -> int:
+    """The ZeRO stage of a DeepSpeed config (0 without DeepSpeed or without a zero_optimization section)."""
+    return int(ds.get("zero_optimization", {}).get("stage", 0)) if ds else 0
+
+
+def check_run(cfg: Config, ds: dict | None, device_type: str) -> None:
+    """Refuse option combinations that would fail or train wrongly, before anything is built.
+
+    ``ds``: the DeepSpeed config (None for DDP / one process); ``device_type``: "cuda" or "cpu".
+    """
+    m, t = cfg.model, cfg.train
+    if t.precision == "fp16" and device_type != "cuda":
+        # accelerate would silently run fp16 as fp32 on the CPU.
+        raise ConfigError("train.precision=fp16 needs a CUDA GPU (fp16 autocast + loss scaling); "
+                          "on CPU use bf16 or fp32")
+    if m.trainable_dtype == "bf16" and ds is None:
+        raise ConfigError(
+            "model.trainable_dtype=bf16 would update bf16 weights with plain AdamW and no fp32 master copy: "
+            "an update smaller than ~1/512 of a weight (~6e-5 for a LoRA weight of 0.02: the warm-up, the end of "
+            "the cosine, all weight decay) rounds to zero. Keep model.trainable_dtype=fp32 (bf16 autocast still "
+            "computes in bf16), or train with DeepSpeed (--ds), which keeps fp32 master weights")
+    if ds is not None and zero_stage(ds) == 3 and m.frozen_dtype in ("int8", "nf4"):
+        raise ConfigError(
+            f"model.frozen_dtype={m.frozen_dtype} with ZeRO-3 (--ds {t.ds_config or 'config'}): ZeRO-3 partitions "
+            "every weight across ranks and cannot partition bitsandbytes' quantized weights. Use ZeRO-2 "
+            "(ds_configs/zero2.json) with int8/nf4, or model.frozen_dtype=bf16 with ZeRO-3")
+    if ds is not None and t.optimizer == "adamw8bit":
+        raise ConfigError("train.optimizer=adamw8bit with DeepSpeed: DeepSpeed keeps its own fp32 optimizer "
+                          "partitions; use train.optimizer=adamw (or drop --ds)")
+
+
 def fill_ds_config(ds: dict | str | Path, cfg: TrainConfig, world_size: int) -> dict:
     """DeepSpeed config with the run-decided values filled from ``cfg``; explicit disagreeing values raise.
 
@@ -67,7 +120,7 @@ def fill_ds_config(ds: dict | str | Path, cfg: TrainConfig, world_size: int) -> 
     we do not use, and the clipping as a fixed 1.0), so the values are filled here instead.
     """
     if not isinstance(ds, dict):
-        ds = json.loads(Path(ds).read_text())
+        ds = read_ds_config(ds)
     ds = copy.deepcopy(ds)
     for key in ("optimizer", "scheduler"):
         if key in ds:

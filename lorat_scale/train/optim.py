@@ -25,13 +25,23 @@ from torch import nn
 from ..config import TrainConfig
 
 
+NORM_LAYERS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase, nn.LocalResponseNorm)
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups of the *trainable* parameters: decayed, and not (1-D or name with "embed")."""
+    """Two AdamW groups of the *trainable* parameters: decayed, and not.
+
+    The reference's rule: no decay for parameters of norm layers, for parameters with at most one
+    dimension *after squeezing* (so the (1, C) weight of the score head's last linear is not
+    decayed), and for names containing "embed" (the token-type table).
+    """
+    norms = tuple(f"{n}." for n, m in model.named_modules() if isinstance(m, NORM_LAYERS))
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue  # frozen weights get no optimizer state at all
-        (no_decay if p.ndim <= 1 or "embed" in name else decay).append(p)
+        exempt = p.squeeze().ndim <= 1 or "embed" in name or name.startswith(norms)
+        (no_decay if exempt else decay).append(p)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},

@@ -4,8 +4,12 @@
 
     <root>/
       <sequence name>/              one folder per sequence (any name without "/" or ".")
-        *.jpg | *.png | ...         the frames, in name order (digit runs compare as numbers),
-                                    either directly here or in an ``img/`` subfolder
+        *.jpg | *.png | ...         the frames, either directly here or in an ``img/`` subfolder;
+                                    line k of groundtruth.txt belongs to the k-th frame counted
+                                    from the lowest number in the file names (1.jpg, 000001.jpg,
+                                    frame_0001.png...; numbers may step by a constant, e.g. every
+                                    5th frame), so a missing frame is reported and does not shift
+                                    later boxes; names without numbers go in name order
         groundtruth.txt             one box per frame: x,y,w,h, 0-based continuous pixels
                                     (x2 = x + w); values separated by commas, spaces or tabs;
                                     fewer lines than frames = the remaining frames are unannotated;
@@ -23,15 +27,15 @@ from pathlib import Path
 import numpy as np
 
 from ..sequence import Sequence
-from ._common import (OnError, ReadReport, clean, fit_length, image_size, list_images, parse_flags,
-                      parse_rows, xywh_rows_to_xyxy)
+from ._common import (OnError, ReadReport, clean, fit_length, numbered_frames, parse_flags, parse_rows, read_text,
+                      set_frame_size, xywh_rows_to_xyxy)
 
 
 def sequence_dirs(root: Path, split: str) -> list[Path]:
     """Sequence folders of ``split`` (from ``<root>/<split>.txt`` if present)."""
     lst = root / f"{split}.txt"
     if lst.is_file():
-        return [root / n for n in lst.read_text().split()]
+        return [root / n for n in read_text(lst, "raise", ReadReport(), "sequence folder names").split()]
     return sorted((root / d for d in os.listdir(root) if (root / d / "groundtruth.txt").is_file()),
                   key=lambda p: p.name)
 
@@ -40,25 +44,28 @@ def read_sequence(sdir: Path, on_error: OnError, report: ReadReport, dataset: st
                   do_clean: bool = True, trim: bool = True) -> Sequence | None:
     """One custom sequence folder -> cleaned Sequence (None if no valid frame)."""
     gt_path = sdir / "groundtruth.txt"
-    frames = list_images(sdir / "img") if (sdir / "img").is_dir() else list_images(sdir)
-    if not frames:
-        report.add(f"{sdir}: no image files (expected .jpg/.png/... frames here or in img/)", on_error)
-        return None
-    n = len(frames)
+    key = f"{dataset}/{sdir.name}"
     rows = parse_rows(gt_path, 4, on_error, report, allow_empty_rows=True)
-    if len(rows) > n:
-        report.add(f"{gt_path}:{n + 1}: {len(rows)} boxes for {n} frames, expected at most one box per frame",
-                   on_error)
+    # Numbered frame names place each frame on its line: a missing frame does not shift later boxes.
+    found = numbered_frames(sdir / "img" if (sdir / "img").is_dir() else sdir, len(rows), gt_path, key, on_error,
+                            report)
+    if found is None:
+        return None
+    frames, present = found
+    n = len(frames)
     rows = fit_length(rows, n, np.nan)
-    valid = np.isfinite(rows).all(axis=1)
+    valid = np.isfinite(rows).all(axis=1) & present
     ab = sdir / "absent.txt"
     if ab.is_file():
         flags = parse_flags(ab, on_error, report)
         if len(flags) != n:
-            report.add(f"{ab}:1: {len(flags)} flags for {n} frames, expected one per frame", on_error)
+            report.add(f"{ab}:1: {len(flags)} flags for {n} frames, expected one per frame", on_error, path=ab,
+                       line=1, sequence=key)
         valid &= ~fit_length(flags, n, False)
     seq = Sequence(name=sdir.name, dataset=dataset, frames=frames, boxes=xywh_rows_to_xyxy(rows), valid=valid,
-                   frame_size=image_size(frames[0]), annotation=str(gt_path))
+                   annotation=str(gt_path))
+    if not set_frame_size(seq, on_error, report, present):
+        return None
     return clean(seq, report, trim=trim) if do_clean else seq
 
 

@@ -16,8 +16,8 @@ import numpy as np
 
 from ... import paths
 from ..sequence import Sequence
-from ._common import (OnError, ReadReport, check_finite, clean, fit_length, image_size, list_images, parse_flags,
-                      parse_rows, xywh_rows_to_xyxy)
+from ._common import (AnnotationError, OnError, Problem, ReadReport, check_finite, clean, fit_length, numbered_frames,
+                      parse_flags, parse_rows, read_text, set_frame_size, xywh_rows_to_xyxy)
 
 SUBSETS = {"vot_train": "got10k_vot_train_split.txt", "vot_val": "got10k_vot_val_split.txt"}
 
@@ -39,19 +39,21 @@ def sequence_names(root: Path, split: str, split_file: str | os.PathLike | None 
     if folder not in ("train", "val", "test"):
         raise ValueError(f"GOT-10k split {split!r}: expected train, val, test, vot_train or vot_val")
     list_path = root / folder / "list.txt"
-    names = list_path.read_text().split()
+    names = read_text(list_path, "raise", ReadReport(), "sequence folder names").split()
     if split in SUBSETS:
         sf = _subset_file(root, split, split_file)
         picked = []
-        for ln, tok in enumerate(sf.read_text().split("\n"), 1):
+        for ln, tok in enumerate(read_text(sf, "raise", ReadReport(), "0-based indices").split("\n"), 1):
             if not tok.strip():
                 continue
             try:
                 k = int(tok)
             except ValueError:
-                raise ValueError(f"{sf}:{ln}: {tok!r} is not an integer index into {list_path}") from None
+                raise AnnotationError(Problem("annotation", str(sf), f"{sf}:{ln}: {tok!r} is not an integer index "
+                                              f"into {list_path}", ln)) from None
             if not 0 <= k < len(names):
-                raise ValueError(f"{sf}:{ln}: index {k} outside {list_path} ({len(names)} lines, 0-based)")
+                raise AnnotationError(Problem("annotation", str(sf), f"{sf}:{ln}: index {k} outside {list_path} "
+                                              f"({len(names)} lines, 0-based)", ln))
             picked.append(names[k])
         names = picked
     return folder, names
@@ -61,19 +63,18 @@ def read_sequence(sdir: Path, on_error: OnError, report: ReadReport, do_clean: b
                   trim: bool = True) -> Sequence | None:
     """One GOT-10k sequence folder -> cleaned Sequence (None if no valid frame)."""
     gt_path = sdir / "groundtruth.txt"
-    frames = list_images(sdir)
-    if not frames:
-        report.add(f"{sdir}: no image files, expected %08d.jpg frames", on_error)
-        return None
-    n = len(frames)
+    key = f"got10k/{sdir.name}"
     bad: list[int] = []
     rows = parse_rows(gt_path, 4, on_error, report, bad=bad)
-    if len(rows) > n:
-        report.add(f"{gt_path}:{n + 1}: {len(rows)} boxes for {n} frames, expected at most one box per frame",
-                   on_error)
+    # Line i of groundtruth.txt belongs to %08d.jpg numbered i (from 1); a missing file keeps its place.
+    found = numbered_frames(sdir, len(rows), gt_path, key, on_error, report, base=1)
+    if found is None:
+        return None
+    frames, present = found
+    n = len(frames)
     # Frames with a box line are annotated; visibility then comes from absence.label, and a NaN
     # box on a frame it calls present is reported. Frames past the last line (test) are unannotated.
-    valid = fit_length(np.ones(len(rows), dtype=bool), n, False)
+    valid = fit_length(np.ones(len(rows), dtype=bool), n, False) & present
     valid[[b for b in bad if b < n]] = False
     rows = fit_length(rows, n, np.nan)
     extra = {}
@@ -86,8 +87,10 @@ def read_sequence(sdir: Path, on_error: OnError, report: ReadReport, do_clean: b
         cover = parse_rows(cv, 1, on_error, report, what="cover level 0..8")[:, 0]
         extra["cover"] = fit_length(cover, n, np.nan)
     seq = Sequence(name=sdir.name, dataset="got10k", frames=frames, boxes=xywh_rows_to_xyxy(rows), valid=valid,
-                   frame_size=image_size(frames[0]), extra=extra, annotation=str(gt_path))
+                   extra=extra, annotation=str(gt_path))
     check_finite(seq, gt_path, on_error, report)
+    if not set_frame_size(seq, on_error, report, present):
+        return None
     return clean(seq, report, trim=trim) if do_clean else seq
 
 

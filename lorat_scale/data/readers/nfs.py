@@ -20,14 +20,15 @@ import numpy as np
 
 from ..sequence import Sequence
 from ._common import clean as clean_sequence  # read()'s ``clean`` flag shadows the name
-from ._common import OnError, ReadReport, image_size, list_images, parse_rows, xywh_rows_to_xyxy
+from ._common import OnError, ReadReport, list_images, parse_rows, read_text, set_frame_size, xywh_rows_to_xyxy
 
 _SPLIT = re.compile(r"\s+")
 
 
 def parse_vatic(path: Path, on_error: OnError, report: ReadReport) -> tuple[np.ndarray, np.ndarray]:
     """VATIC lines -> (N, 4) xyxy boxes and (N,) lost flags; bad lines become NaN rows."""
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    text = read_text(path, on_error, report, "VATIC lines 'id xmin ymin xmax ymax frame lost occluded generated label'")
+    lines = [ln for ln in text.splitlines() if ln.strip()]
     boxes = np.full((len(lines), 4), np.nan)
     lost = np.zeros(len(lines), dtype=bool)
     for i, line in enumerate(lines):
@@ -37,7 +38,7 @@ def parse_vatic(path: Path, on_error: OnError, report: ReadReport) -> tuple[np.n
             lost[i] = int(parts[6]) == 1
         except (ValueError, IndexError):
             report.add(f"{path}:{i + 1}: expected 'id xmin ymin xmax ymax frame lost occluded generated label',"
-                       f" got {line.strip()!r}", on_error)
+                       f" got {line.strip()!r}", on_error, path=path, line=i + 1)
     return boxes, lost
 
 
@@ -50,7 +51,7 @@ def _fit(frames: list[str], boxes: np.ndarray, lost: np.ndarray, path: Path, on_
         frames, boxes, lost = frames[:n], boxes[:n], lost[:n]
     if len(boxes) != len(frames):
         report.add(f"{path}:{min(len(boxes), len(frames)) + 1}: {len(boxes)} annotations but {len(frames)} frames",
-                   on_error)
+                   on_error, kind="frame_count", path=path, line=min(len(boxes), len(frames)) + 1)
         n = min(len(boxes), len(frames))
         frames, boxes, lost = frames[:n], boxes[:n], lost[:n]
     return frames, boxes, lost
@@ -78,13 +79,16 @@ def read(root: str | os.PathLike, split: str = "test", dataset: str = "nfs", on_
     out = []
     for name, frames, boxes, lost, gt in items:
         if not frames:
-            report.add(f"{gt}: no frames found for {name}", on_error)
+            report.add(f"{gt}: no frames found for {name}", on_error, kind="no_frames", path=gt,
+                       sequence=f"{dataset}/{name}")
             continue
         frames, boxes, lost = _fit(frames, boxes, lost, gt, on_error, report)
         with np.errstate(invalid="ignore"):
             valid = np.isfinite(boxes).all(axis=1) & ~lost & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         seq = Sequence(name=name, dataset=dataset, frames=frames, boxes=boxes, valid=valid,
-                       frame_size=image_size(frames[0]), annotation=str(gt))
+                       annotation=str(gt))
+        if not set_frame_size(seq, on_error, report):
+            continue
         seq.extra["visible"] = ~lost
         s = clean_sequence(seq, report, trim=False) if clean else seq
         if s is not None:

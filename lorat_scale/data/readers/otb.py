@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..sequence import Sequence
-from ._common import OnError, ReadReport, clean, image_size, list_images, parse_rows, xywh_rows_to_xyxy
+from ._common import OnError, ReadReport, clean, list_images, parse_rows, set_frame_size, xywh_rows_to_xyxy
 
 # name -> (first frame number, last frame number) of the annotated range (1-based, inclusive).
 FRAME_RANGES: dict[str, tuple[int, int]] = {
@@ -43,7 +43,8 @@ def _frame_number(path: str) -> int:
 
 def annotation_files(sdir: Path) -> list[tuple[str, Path]]:
     """(sequence name, GT file) for each non-empty ``groundtruth_rect*.txt`` of a video folder."""
-    files = sorted(p for p in sdir.glob("groundtruth_rect*.txt") if p.read_text().strip())
+    # Undecodable bytes are reported when the file is parsed; here only emptiness matters.
+    files = sorted(p for p in sdir.glob("groundtruth_rect*.txt") if p.read_bytes().strip())
     if len(files) <= 1:
         return [(sdir.name, f) for f in files]
     out = []
@@ -58,7 +59,8 @@ def read_sequence(sdir: Path, name: str, gt_path: Path, on_error: OnError, repor
     """One OTB target -> Sequence (boxes as-is, valid where w, h > 0)."""
     frames = list_images(sdir / "img")
     if not frames:
-        report.add(f"{sdir / 'img'}: no image files (expected OTB frames img/%04d.jpg)", on_error)
+        report.add(f"{sdir / 'img'}: no image files (expected OTB frames img/%04d.jpg)", on_error, kind="no_frames",
+                   path=sdir / "img", sequence=f"{dataset}/{name}")
         return None
     video = sdir.name
     if video in FRAME_RANGES:
@@ -69,13 +71,17 @@ def read_sequence(sdir: Path, name: str, gt_path: Path, on_error: OnError, repor
     frames, rows = frames[omit:], rows[omit:]
     if len(rows) != len(frames):
         report.add(f"{gt_path}:{min(len(rows), len(frames)) + 1 + omit}: {len(rows) + omit} box lines but "
-                   f"{len(frames) + omit} frames in {sdir / 'img'} (after the benchmark's frame range)", on_error)
+                   f"{len(frames) + omit} frames in {sdir / 'img'} (after the benchmark's frame range)", on_error,
+                   kind="frame_count", path=gt_path, line=min(len(rows), len(frames)) + 1 + omit,
+                   sequence=f"{dataset}/{name}")
         n = min(len(rows), len(frames))
         frames, rows = frames[:n], rows[:n]
     with np.errstate(invalid="ignore"):
         valid = np.isfinite(rows).all(axis=1) & (rows[:, 2] > 0) & (rows[:, 3] > 0)
     seq = Sequence(name=name, dataset=dataset, frames=frames, boxes=xywh_rows_to_xyxy(rows), valid=valid,
-                   frame_size=image_size(frames[0]) if frames else None, annotation=str(gt_path))
+                   annotation=str(gt_path))
+    if frames and not set_frame_size(seq, on_error, report):
+        return None
     return clean(seq, report, trim=trim) if do_clean else seq
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..sequence import Sequence
-from ._common import OnError, ReadReport, clean, image_size, list_images, parse_rows, xywh_rows_to_xyxy
+from ._common import OnError, ReadReport, clean, list_images, parse_rows, set_frame_size, xywh_rows_to_xyxy
 
 
 def read_sequence(sdir: Path, on_error: OnError, report: ReadReport, dataset: str = "tnl2k",
@@ -21,18 +21,22 @@ def read_sequence(sdir: Path, on_error: OnError, report: ReadReport, dataset: st
     gt = sdir / "groundtruth.txt"
     frames = list_images(sdir / "imgs")
     if not frames:
-        report.add(f"{sdir / 'imgs'}: no image files (expected TNL2K frames in imgs/)", on_error)
+        report.add(f"{sdir / 'imgs'}: no image files (expected TNL2K frames in imgs/)", on_error, kind="no_frames",
+                   path=sdir / "imgs", sequence=f"{dataset}/{sdir.name}")
         return None
     rows = parse_rows(gt, 4, on_error, report)
     if len(rows) != len(frames):
         report.add(f"{gt}:{min(len(rows), len(frames)) + 1}: {len(rows)} box lines but {len(frames)} frames "
-                   f"in {sdir / 'imgs'}", on_error)
+                   f"in {sdir / 'imgs'}", on_error, kind="frame_count", path=gt, line=min(len(rows), len(frames)) + 1,
+                   sequence=f"{dataset}/{sdir.name}")
         n = min(len(rows), len(frames))
         frames, rows = frames[:n], rows[:n]
     with np.errstate(invalid="ignore"):
         valid = np.isfinite(rows).all(axis=1) & (rows[:, 2] > 0) & (rows[:, 3] > 0)
     seq = Sequence(name=sdir.name, dataset=dataset, frames=frames, boxes=xywh_rows_to_xyxy(rows), valid=valid,
-                   frame_size=image_size(frames[0]), annotation=str(gt))
+                   annotation=str(gt))
+    if not set_frame_size(seq, on_error, report):
+        return None
     lang = sdir / "language.txt"
     if lang.is_file():
         seq.extra["language"] = np.array([lang.read_text(errors="replace").strip()])

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from ..sequence import Sequence
-from ._common import OnError, ReadReport, check_finite, clean, fit_length, image_size, parse_rows, xywh_rows_to_xyxy
+from ._common import (OnError, ReadReport, check_finite, clean, fit_length, numbered_frames, parse_rows, set_frame_size,
+                      xywh_rows_to_xyxy)
 
 
 def chunks_for(root: Path, split: str) -> list[str]:
@@ -34,22 +35,19 @@ def read_sequence(chunk_dir: Path, name: str, on_error: OnError, report: ReadRep
     """One TrackingNet sequence -> cleaned Sequence (None if no valid frame)."""
     anno = chunk_dir / "anno" / f"{name}.txt"
     fdir = chunk_dir / "frames" / name
-    try:
-        # Frames are 0.jpg, 1.jpg, ...: count them instead of sorting names ("10" < "2" as text).
-        n = sum(1 for f in os.listdir(fdir) if f.endswith(".jpg"))
-    except FileNotFoundError:
-        report.add(f"{fdir}: missing frame folder for {anno}", on_error)
-        return None
     rows = parse_rows(anno, 4, on_error, report)
-    if len(rows) > n:
-        report.add(f"{anno}:{n + 1}: {len(rows)} boxes for {n} frames in {fdir}, expected one box per frame",
-                   on_error)
-    rows = fit_length(rows, n, np.nan)
-    frames = [str(fdir / f"{i}.jpg") for i in range(n)]
+    # Line i of the annotation belongs to frame i-1.jpg (numbered from 0, not zero-padded); a missing
+    # file keeps its place.
+    found = numbered_frames(fdir, len(rows), anno, f"trackingnet/{name}", on_error, report, base=0)
+    if found is None:
+        return None
+    frames, present = found
+    rows = fit_length(rows, len(frames), np.nan)
     seq = Sequence(name=name, dataset="trackingnet", frames=frames, boxes=xywh_rows_to_xyxy(rows),
-                   valid=np.isfinite(rows).all(axis=1), frame_size=image_size(frames[0]) if n else None,
-                   annotation=str(anno))
+                   valid=np.isfinite(rows).all(axis=1) & present, annotation=str(anno))
     check_finite(seq, anno, on_error, report)
+    if not set_frame_size(seq, on_error, report, present):
+        return None
     return clean(seq, report, trim=trim) if do_clean else seq
 
 

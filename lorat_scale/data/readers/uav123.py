@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..sequence import Sequence
-from ._common import OnError, ReadReport, clean, image_size, list_images, parse_rows, xywh_rows_to_xyxy
+from ._common import OnError, ReadReport, clean, list_images, parse_rows, set_frame_size, xywh_rows_to_xyxy
 
 # "<video>_<k>" -> (first, last) frame number in data_seq/UAV123/<video> (1-based, inclusive).
 SEGMENTS: dict[str, tuple[int, int]] = {
@@ -61,21 +61,26 @@ def read_sequence(root: Path, gt_path: Path, on_error: OnError, report: ReadRepo
         video = name.rsplit("_", 1)[0]
         frames = [f for f in list_images(data / video) if a <= _frame_number(f) <= z]
     else:
-        report.add(f"{gt_path}: no folder {data / name} and {name!r} is not a known UAV123 segment", on_error)
+        report.add(f"{gt_path}: no folder {data / name} and {name!r} is not a known UAV123 segment", on_error,
+                   path=gt_path, sequence=f"{dataset}/{name}")
         return None
     if not frames:
-        report.add(f"{gt_path}: no frames found for {name} under {data}", on_error)
+        report.add(f"{gt_path}: no frames found for {name} under {data}", on_error, kind="no_frames", path=gt_path,
+                   sequence=f"{dataset}/{name}")
         return None
     rows = parse_rows(gt_path, 4, on_error, report, what="x,y,w,h or NaN,NaN,NaN,NaN")
     if len(rows) != len(frames):
         report.add(f"{gt_path}:{min(len(rows), len(frames)) + 1}: {len(rows)} box lines but {len(frames)} frames",
-                   on_error)
+                   on_error, kind="frame_count", path=gt_path, line=min(len(rows), len(frames)) + 1,
+                   sequence=f"{dataset}/{name}")
         n = min(len(rows), len(frames))
         frames, rows = frames[:n], rows[:n]
     with np.errstate(invalid="ignore"):
         valid = np.isfinite(rows).all(axis=1) & (rows[:, 2] > 0) & (rows[:, 3] > 0)
     seq = Sequence(name=name, dataset=dataset, frames=frames, boxes=xywh_rows_to_xyxy(rows), valid=valid,
-                   frame_size=image_size(frames[0]), annotation=str(gt_path))
+                   annotation=str(gt_path))
+    if not set_frame_size(seq, on_error, report):
+        return None
     return clean(seq, report, trim=False) if do_clean else seq
 
 

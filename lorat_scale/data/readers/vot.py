@@ -17,7 +17,7 @@ import numpy as np
 
 from ..sequence import Sequence
 from ._common import clean as clean_sequence  # read()'s ``clean`` flag shadows the name
-from ._common import OnError, ReadReport, image_size, list_images
+from ._common import OnError, ReadReport, list_images, read_text, set_frame_size
 
 _SPLIT = re.compile(r"[,\s]+")
 
@@ -35,7 +35,7 @@ def polygon_to_xyxy(values: list[float]) -> np.ndarray:
 
 def parse_groundtruth(path: Path, on_error: OnError, report: ReadReport) -> np.ndarray:
     """VOT groundtruth.txt -> (N, 4) xyxy; NaN rows for unannotated or bad lines."""
-    lines = path.read_text().splitlines()
+    lines = read_text(path, on_error, report, "x,y,w,h or polygon lines").splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
     out = np.full((len(lines), 4), np.nan)
@@ -45,12 +45,12 @@ def parse_groundtruth(path: Path, on_error: OnError, report: ReadReport) -> np.n
             continue
         if s.startswith("m"):
             report.add(f"{path}:{i + 1}: segmentation mask annotation (VOT2020+) is not supported; "
-                       "expected x,y,w,h or polygon coordinates", on_error)
+                       "expected x,y,w,h or polygon coordinates", on_error, path=path, line=i + 1)
             continue
         try:
             out[i] = polygon_to_xyxy([float(v) for v in _SPLIT.split(s)])
         except ValueError as e:
-            report.add(f"{path}:{i + 1}: cannot read {s!r}: {e}", on_error)
+            report.add(f"{path}:{i + 1}: cannot read {s!r}: {e}", on_error, path=path, line=i + 1)
     return out
 
 
@@ -68,7 +68,7 @@ def read(root: str | os.PathLike, split: str = "test", dataset: str = "vot", on_
     root = Path(root)
     report = report if report is not None else ReadReport()
     lst = root / "list.txt"
-    names = lst.read_text().split() if lst.is_file() else sorted(
+    names = read_text(lst, "raise", report, "sequence names").split() if lst.is_file() else sorted(
         d for d in os.listdir(root) if (root / d / "groundtruth.txt").is_file())
     out = []
     for name in names:
@@ -78,7 +78,8 @@ def read(root: str | os.PathLike, split: str = "test", dataset: str = "vot", on_
         frames = frames_of(sdir)
         if len(boxes) != len(frames):
             report.add(f"{gt}:{min(len(boxes), len(frames)) + 1}: {len(boxes)} annotation lines but "
-                       f"{len(frames)} frames in {sdir}", on_error)
+                       f"{len(frames)} frames in {sdir}", on_error, kind="frame_count", path=gt,
+                       line=min(len(boxes), len(frames)) + 1, sequence=f"{dataset}/{name}")
             n = min(len(boxes), len(frames))
             frames, boxes = frames[:n], boxes[:n]
         if not frames:
@@ -86,7 +87,9 @@ def read(root: str | os.PathLike, split: str = "test", dataset: str = "vot", on_
         with np.errstate(invalid="ignore"):
             valid = np.isfinite(boxes).all(axis=1) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         seq = Sequence(name=name, dataset=dataset, frames=frames, boxes=boxes, valid=valid,
-                       frame_size=image_size(frames[0]), annotation=str(gt))
+                       annotation=str(gt))
+        if not set_frame_size(seq, on_error, report):
+            continue
         s = clean_sequence(seq, report, trim=False) if clean else seq
         if s is not None:
             out.append(s)

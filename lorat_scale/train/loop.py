@@ -1,0 +1,504 @@
+"""Train a LoRAT tracker. The whole loop in one file, read top to bottom (nanoGPT style).
+
+    # one process (GPU if present, else CPU)
+    lorat-scale train --variant S-224 data.train_sources=[lasot=/data/LaSOT,coco=/data/coco] \\
+        model.backbone_weights=/w/dinov2_vits14_pretrain.pth train.output_dir=runs/s224
+    # DDP on 8 GPUs / DeepSpeed ZeRO-2 (values marked "auto" in the JSON are filled from the config)
+    accelerate launch --multi_gpu --num_processes 8 -m lorat_scale.train --variant L-224 ...
+    accelerate launch --multi_gpu --num_processes 8 scripts/train.py --variant g-224 --ds ds_configs/zero2.json ...
+    # continue from the newest complete checkpoint of train.output_dir (fresh start if there is none)
+    lorat-scale train --variant S-224 --resume auto ...
+
+Sources: format[:split]=root with a reader of lorat_scale.data.readers (lasot, got10k, trackingnet,
+coco, custom), or shard streams shards=MANIFEST[::BASE_URL] (data_prep/make_shards.py).
+In order below: config -> accelerator -> model -> data -> optimizer and schedule -> checkpoints and
+resume -> loop (lr, the training step of lorat_scale/train/step.py, log, validate, checkpoint) -> end.
+The run directory holds config.json, metrics.jsonl (one line per step), logs/ (TensorBoard),
+checkpoints/step_XXXXXXXX/ and model.safetensors.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DeepSpeedPlugin, DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+from tqdm import tqdm
+
+from ..config import ConfigError, DataConfig, load_config
+from ..data.cache import cached_read
+from ..data.pairs import PairDataset
+from ..data.readers import DatasetError, ReadReport, parse_source
+from ..data.shards import load_shards
+from ..data.storage import RetryPolicy
+from ..data.stream_pairs import ShardPairDataset
+from ..models import build_model
+from ..models.weights import load_trainable, save_trainable
+from .distributed import DDP_KWARGS, accumulation_steps, check_run, fill_ds_config, read_ds_config, zero_stage
+from .optim import build_optimizer, build_scheduler, peak_lr, steps_per_epoch
+from .loss import lorat_loss
+from .step import to_device, train_step
+
+PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}  # train.precision -> accelerate
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    """--variant, --ds, --resume and dotted overrides (the ``lorat-scale train`` options)."""
+    p.add_argument("--variant", default="S-224", help="variant preset: S, B, L or g with 224 or 378, e.g. L-224")
+    p.add_argument("--config", help=argparse.SUPPRESS)  # the old name of --variant: a clear error below
+    p.add_argument("--ds", default="", help="DeepSpeed JSON (ds_configs/zero2.json, zero3.json, ...); default DDP")
+    p.add_argument("--resume", default="",
+                   help="'auto' (the newest complete checkpoint of the run) or a checkpoint folder")
+    p.add_argument("overrides", nargs="*", help="config overrides section.key=value, e.g. train.lr=5e-5")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The training command line; options and overrides may come in any order."""
+    p = argparse.ArgumentParser(prog="lorat-scale train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_train_args(p)
+    args = p.parse_intermixed_args(argv)
+    if args.config:
+        p.error(f"--config was renamed --variant: use --variant {args.config}")
+    return args
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: sources -> dataset -> this rank's micro-batches of an epoch
+# ----------------------------------------------------------------------------------------------
+def load_sources(entries: list[str], on_bad_sample: str = "raise", verbose: bool = True,
+                 dc: DataConfig | None = None) -> list[list]:
+    """``format[:split]=root`` and ``shards=FOLDER[::BASE_URL]`` entries -> one list of Sequences per entry.
+
+    Shards are read by byte range (the frames a pair uses; ``dc``'s io_* and verify_frames settings). Bad data
+    the readers find follows ``data.on_bad_sample``: "raise" stops at the first problem (``DatasetError``, one
+    line naming the file), "skip" leaves it out and warns, naming the files.
+    """
+    dc = dc or DataConfig()
+    sources = []
+    for entry in entries:
+        if entry.startswith("shards="):
+            seqs = load_shards(entry.split("=", 1)[1], RetryPolicy(dc.io_retries, dc.io_backoff, dc.io_timeout),
+                               dc.verify_frames)
+            if not seqs:
+                raise ConfigError(f"data source {entry!r} holds no usable sequence")
+            sources.append(seqs)
+            continue
+        try:
+            fmt, split, root = parse_source(entry)
+        except ValueError as e:
+            raise ConfigError(f"config key 'data.train_sources': {e}") from None
+        report = ReadReport()
+        seqs = cached_read(fmt, root, split, on_error=on_bad_sample, report=report)
+        if report.records and verbose:
+            shown = report.records[:10]
+            print(f"warning: data source {entry}: {len(report.records)} problem(s), the bad lines or frames left out "
+                  "(data.on_bad_sample=skip):\n" + "\n".join(f"  {p.message}" for p in shown)
+                  + (f"\n  ... {len(report.records) - len(shown)} more: lorat-scale check-data --format {fmt} "
+                     f"--root {root} --split {split} lists them all" if len(report.records) > len(shown) else ""),
+                  file=sys.stderr)
+        if not seqs:
+            raise ConfigError(f"data source {entry!r} holds no usable sequence")
+        sources.append(seqs)
+    return sources
+
+
+def build_dataset(entries: list[str], dc, mc, micro: int, rank: int, world: int,
+                  pairs_per_epoch: int) -> PairDataset | ShardPairDataset:
+    """PairDataset over reader or shard sources; ShardPairDataset for ``shards=`` with data.shard_access=stream."""
+    shards = [e.split("=", 1)[1] for e in entries if e.startswith("shards=")]
+    if shards and dc.shard_access == "stream":
+        if len(shards) != len(entries):
+            raise ConfigError(f"data sources {entries}: data.shard_access=stream reads shards=... entries only")
+        return ShardPairDataset(shards, dc, mc.template_size, mc.search_size, rank=rank, world_size=world,
+                                batch_size=micro, pairs_per_epoch=pairs_per_epoch, patch_size=mc.patch_size)
+    return PairDataset(load_sources(entries, dc.on_bad_sample, verbose=rank == 0, dc=dc), dc, mc.template_size,
+                       mc.search_size, pairs_per_epoch=pairs_per_epoch, rank=rank, world_size=world, patch_size=mc.patch_size)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints: the one place that saves and loads run state. checkpoints/step_XXXXXXXX is written
+# as .tmp_step_XXXXXXXX, then renamed (atomic); trainer_state.json marks it complete.
+# ----------------------------------------------------------------------------------------------
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (a tmp dir of a killed save is ignored)."""
+    d = run_dir / "checkpoints"
+    found = [p for p in d.glob("step_*") if p.is_dir() and (p / "trainer_state.json").is_file()] if d.is_dir() else []
+    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+
+
+class TrainState:
+    """Loop counters saved in every checkpoint; ``step`` is also the data position."""
+
+    def __init__(self) -> None:
+        self.step = 0  # optimizer steps done (including skipped non-finite ones)
+        self.bad_steps = 0  # non-finite steps in total
+        self.bad_in_row = 0
+        self.counters: dict[str, int] = {}  # data-quality counters
+
+    def state_dict(self) -> dict:
+        """Plain dict for accelerate's custom-object checkpointing."""
+        return {"step": self.step, "bad_steps": self.bad_steps, "bad_in_row": self.bad_in_row,
+                "counters": dict(self.counters)}
+
+    def load_state_dict(self, d: dict) -> None:
+        """Restore the counters of a checkpoint."""
+        self.__dict__.update(d)
+
+
+class Checkpoints:
+    """Saving and loading the run's state: trainable weights, optimizer, schedule, RNG, counters.
+
+    Weights go through ``save_trainable``/``load_trainable`` on ``raw_model``, the plain LoRAT
+    module (no DDP, DeepSpeed or torch.compile wrapper: its parameter names are the checkpoint's);
+    the frozen backbone is never saved. Everything else is accelerate's ``save_state``.
+    """
+
+    def __init__(self, accelerator: Accelerator, run_dir: Path, raw_model: torch.nn.Module, state: TrainState,
+                 variant: str, keep: int, ds_stage: int | None) -> None:
+        self.accelerator, self.run_dir, self.raw_model, self.state = accelerator, run_dir, raw_model, state
+        self.variant, self.keep, self.ds_stage = variant, keep, ds_stage  # ds_stage None: no DeepSpeed
+        accelerator.register_save_state_pre_hook(self._save_hook)
+        accelerator.register_load_state_pre_hook(self._load_hook)
+
+    def save_weights(self, path: Path) -> None:
+        """The trainable tensors to ``path`` (main process; every rank must call it under ZeRO-3)."""
+        if self.ds_stage == 3:
+            import deepspeed
+
+            # Partitioned parameters: gathered on every rank for the write.
+            with deepspeed.zero.GatheredParameters([p for p in self.raw_model.parameters() if p.requires_grad]):
+                if self.accelerator.is_main_process:
+                    save_trainable(self.raw_model, path, self.variant)
+        elif self.accelerator.is_main_process:
+            save_trainable(self.raw_model, path, self.variant)
+
+    def _save_hook(self, models: list, weights: list, output_dir: str) -> None:
+        weights.clear()  # accelerate would write the whole model; only the trainable tensors are saved
+        self.save_weights(Path(output_dir) / "model.safetensors")
+
+    def _load_hook(self, models: list, input_dir: str) -> None:
+        models.clear()  # DeepSpeed restores its module itself; otherwise load the trainable tensors
+        if self.ds_stage is None:
+            load_trainable(self.raw_model, Path(input_dir) / "model.safetensors")
+
+    def save(self) -> Path:
+        """Save the state at ``state.step`` atomically; keep the newest ``keep`` checkpoints."""
+        acc, step = self.accelerator, self.state.step
+        ckdir = self.run_dir / "checkpoints"
+        final, tmp = ckdir / f"step_{step:08d}", ckdir / f".tmp_step_{step:08d}"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        # DeepSpeed writes its (partitioned) optimizer state; the frozen backbone is never saved.
+        acc.save_state(str(tmp), **({"exclude_frozen_parameters": True} if self.ds_stage is not None else {}))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            (tmp / "trainer_state.json").write_text(json.dumps(self.state.state_dict()))  # marks it complete
+            if final.exists():  # the same step saved again after a resume
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            for old in complete_checkpoints(self.run_dir)[:-self.keep] if self.keep > 0 else []:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+        return final
+
+    def resume(self, which: str) -> Path | None:
+        """Load ``which`` ('auto': the newest complete checkpoint, if any; or a checkpoint folder)."""
+        if not which:
+            return None
+        if which == "auto":
+            found = complete_checkpoints(self.run_dir)
+            if not found:
+                return None
+            path = found[-1]
+        else:
+            path = Path(which)
+            if not (path / "trainer_state.json").is_file():
+                raise SystemExit(f"--resume {path}: not a complete checkpoint folder (no trainer_state.json)")
+        self.accelerator.load_state(str(path), **({"load_module_strict": False} if self.ds_stage is not None else {}))
+        return path
+
+
+def dump_nonfinite(ckpts: Checkpoints, step_batches: list[dict], parts: list[dict], epoch: int) -> Path:
+    """Write what a non-finite step saw: pair keys and loss parts per rank, the trainable weights."""
+    acc, state = ckpts.accelerator, ckpts.state
+    out = ckpts.run_dir / f"nonfinite_step_{state.step:08d}"
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"step": state.step, "epoch": epoch, "rank": acc.process_index, "world_size": acc.num_processes,
+              "keys": [k for b in step_batches for k in b["key"]],
+              "loss_parts": [{k: float(v) for k, v in p.items()} for p in parts]}
+    (out / f"batch_rank{acc.process_index}.json").write_text(json.dumps(report, indent=1))
+    ckpts.save_weights(out / "trainable.safetensors")
+    acc.wait_for_everyone()
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers for logging and validation
+# ----------------------------------------------------------------------------------------------
+def memory_gb(device: torch.device) -> float:
+    """Peak memory so far: CUDA max allocated, else the process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def flat_config(d: dict, prefix: str = "") -> dict:
+    """Nested config -> flat {section/key: scalar} for the loggers' hyper-parameter tables."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flat_config(v, f"{prefix}{k}/"))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, dataset: PairDataset | ShardPairDataset, accelerator: Accelerator,
+             micro: int, batches: int, workers: int) -> dict:
+    """Validation loss over a fixed pair set: global sums over all ranks / global positives."""
+    model.eval()
+    world = accelerator.num_processes
+    sums = torch.zeros(3, dtype=torch.float64, device=accelerator.device)
+    loader = dataset.epoch_loader(0, range(batches), micro * world, micro, workers, seed=0)
+    for _, batch in zip(range(batches), loader):
+        batch = to_device(batch, accelerator.device)
+        with accelerator.autocast():
+            out = model(batch["z"], batch["x"], batch["z_feat_mask"])
+        res = lorat_loss(out, batch, num_positives=1.0)  # normaliser 1: the loss terms are sums
+        sums += torch.stack([res["loss_bce"].double(), res["loss_giou"].double(), batch["positive_map"].sum().double()])
+    sums = accelerator.reduce(sums, "sum")
+    n = max(float(sums[2]), 1.0)
+    model.train()
+    return {"val/loss": float(sums[0] + sums[1]) / n, "val/loss_bce": float(sums[0]) / n,
+            "val/loss_giou": float(sums[1]) / n}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run (or resume) a training run; returns 0 on success, exits with a one-line error on bad options or data."""
+    try:
+        return train(argv)
+    except (ConfigError, DatasetError) as e:  # bad configuration or data: one line naming the key or file
+        raise SystemExit(f"error: {e}") from None
+
+
+def train(argv: list[str] | None = None) -> int:
+    """The training run itself (``main`` turns configuration errors into a one-line exit)."""
+    # ------------------------------------------------------------------------------------------
+    # Config
+    # ------------------------------------------------------------------------------------------
+    args = parse_args(argv)
+    cfg = load_config(args.variant, args.overrides)
+    if args.ds:
+        cfg.train.ds_config = args.ds
+    tc, dc = cfg.train, cfg.data
+    run_dir = Path(tc.output_dir)
+    cuda = torch.cuda.is_available()
+    ds = read_ds_config(tc.ds_config) if tc.ds_config else None
+    check_run(cfg, ds, "cuda" if cuda else "cpu")
+    if tc.precision == "bf16" and not cuda and "AVX512" not in torch.backends.cpu.get_cpu_capability():
+        print("warning: train.precision=bf16 on a CPU without AVX-512: bf16 matmuls run far slower than fp32 "
+              "here; pass train.precision=fp32", file=sys.stderr)
+
+    # ------------------------------------------------------------------------------------------
+    # Accelerator: one process, DDP (torchrun / accelerate launch) or DeepSpeed; CPU without CUDA
+    # ------------------------------------------------------------------------------------------
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    accum = accumulation_steps(tc.global_batch, tc.micro_batch, world)
+    ds_plugin = None
+    if ds is not None:
+        if not cuda:
+            if world > 1:
+                # accelerate sets up no CPU process group for DeepSpeed (and cpu=True drops the plugin).
+                raise SystemExit("DeepSpeed through accelerate runs multi-process on GPUs only; on CPU use one process")
+            # DeepSpeed wants the torch.distributed variables even for one process (else it asks for mpi4py).
+            for k, v in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"),
+                         ("MASTER_PORT", str(29500 + os.getpid() % 1000))):
+                os.environ.setdefault(k, v)
+        ds_plugin = DeepSpeedPlugin(hf_ds_config=fill_ds_config(ds, tc, world))
+    accelerator = Accelerator(
+        # Without cpu=True, torchrun ranks on a CPU-only machine silently train alone (no process group).
+        cpu=not cuda and ds_plugin is None,
+        mixed_precision=PRECISION[tc.precision],
+        gradient_accumulation_steps=accum,
+        deepspeed_plugin=ds_plugin,
+        log_with=None if tc.log_with == "none" else tc.log_with,
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
+        kwargs_handlers=[DistributedDataParallelKwargs(**DDP_KWARGS)],
+    )
+    if accelerator.num_processes != world:
+        raise SystemExit(f"WORLD_SIZE={world} but accelerate runs {accelerator.num_processes} processes: launch with "
+                         "torchrun or `accelerate launch --multi_gpu` (see docs/TRAINING.md)")
+    is_ds = ds_plugin is not None
+    main_process = accelerator.is_main_process
+    set_seed(tc.seed, device_specific=True)  # dropout / drop-path differ per rank, reproducibly
+    if main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(cfg.to_json())  # the resolved configuration of this run
+
+    # ------------------------------------------------------------------------------------------
+    # Model, data, optimizer, schedule
+    # ------------------------------------------------------------------------------------------
+    # Built on the training device: int8/nf4 frozen weights are quantized there once (bitsandbytes
+    # quantizes on a move from the CPU). Identical on every rank (fixed init seed).
+    model = build_model(cfg.model, device=accelerator.device)
+    if not cfg.model.backbone_weights:
+        accelerator.print("warning: model.backbone_weights is empty: training on a random backbone")
+    raw_model = model  # the plain module: its parameter names are the checkpoint's
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if not dc.train_sources:
+        raise ConfigError("config key 'data.train_sources' is empty: give e.g. data.train_sources=[lasot=/data/LaSOT]")
+    rank = accelerator.process_index
+    train_ds = build_dataset(dc.train_sources, dc, cfg.model, tc.micro_batch, rank, world, dc.pairs_per_epoch)
+    val_ds = None
+    if dc.val_sources and tc.val_every > 0:
+        # Weights belong to the training sources; the validation set is a fixed epoch of its own seed.
+        val_cfg = dataclasses.replace(dc, weights=[], seed=dc.seed + 1)
+        val_ds = build_dataset(dc.val_sources, val_cfg, cfg.model, tc.micro_batch, rank, world,
+                               dc.val_pairs_per_epoch)
+    val_batches = tc.val_batches or dc.val_pairs_per_epoch // (tc.micro_batch * world)
+    spe = steps_per_epoch(dc.pairs_per_epoch, tc.global_batch)
+    total_steps = min(tc.max_steps, tc.epochs * spe) if tc.max_steps else tc.epochs * spe
+
+    optimizer = build_optimizer(model, tc)
+    if tc.compile:
+        model = torch.compile(model)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # timm's scheduler is stepped by us per iteration (accelerate's wrapper would call .step()).
+    scheduler = build_scheduler(optimizer, tc, spe)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    # ------------------------------------------------------------------------------------------
+    # Checkpoints and resume
+    # ------------------------------------------------------------------------------------------
+    state = TrainState()
+    accelerator.register_for_checkpointing(scheduler, state)
+    ckpts = Checkpoints(accelerator, run_dir, raw_model, state, cfg.variant, tc.keep_checkpoints,
+                        zero_stage(ds) if is_ds else None)
+    resumed = ckpts.resume(args.resume)
+    if resumed is not None:
+        accelerator.print(f"resumed from {resumed} at step {state.step}")
+
+    if tc.log_with != "none":
+        init_kwargs = {"wandb": {"dir": str(run_dir), "name": run_dir.name}} if tc.log_with == "wandb" else {}
+        accelerator.init_trackers(tc.wandb_project if tc.log_with == "wandb" else "tb",
+                                  config=flat_config(cfg.to_dict()), init_kwargs=init_kwargs)
+    accelerator.print(
+        f"{cfg.variant}: {n_trainable:,} trainable params | world {world} x micro {tc.micro_batch} x accum {accum} "
+        f"= global {tc.global_batch} | {spe} steps/epoch, {total_steps} steps | peak lr {peak_lr(tc):.3g} | "
+        f"{'DeepSpeed ' + tc.ds_config if is_ds else accelerator.distributed_type} | precision {tc.precision} | "
+        f"{len(train_ds.sources)} train sources | val {'on' if val_ds else 'off'}"
+    )
+
+    # ------------------------------------------------------------------------------------------
+    # The loop
+    # ------------------------------------------------------------------------------------------
+    metrics_file = open(run_dir / "metrics.jsonl", "a") if main_process else None
+    pairs_file = open(run_dir / f"pairs_rank{rank}.jsonl", "a") if tc.log_pairs else None
+    pbar = tqdm(total=total_steps, initial=state.step, disable=not main_process, dynamic_ncols=True, desc="train")
+    model.train()
+    last_saved = state.step if resumed is not None else -1
+
+    def validate() -> None:
+        val = evaluate(model, val_ds, accelerator, tc.micro_batch, val_batches, dc.num_workers)
+        accelerator.log(val, step=state.step)
+        if metrics_file:
+            metrics_file.write(json.dumps({"step": state.step, **val}) + "\n")
+            metrics_file.flush()
+        pbar.write(f"step {state.step}: val loss {val['val/loss']:.4f}")
+
+    while state.step < total_steps:
+        epoch, first = divmod(state.step, spe)
+        last = min(spe, first + total_steps - state.step)
+        batches = iter(train_ds.epoch_loader(epoch, range(first, last), tc.global_batch, tc.micro_batch,
+                                             dc.num_workers, seed=tc.seed + epoch))
+        for _ in range(first, last):
+            if val_ds is not None and state.step % tc.val_every == 0:
+                validate()  # at step 0 too: the starting point of the curve
+            t0 = time.perf_counter()
+            step_batches = [next(batches) for _ in range(accum)]
+            if pairs_file:  # which pairs this rank trained on at this step (tests, debugging)
+                idx = [int(p) for b in step_batches for p in b["position"]]  # position in the epoch
+                pairs_file.write(json.dumps({"step": state.step, "epoch": epoch, "indices": idx,
+                                             "keys": [k for b in step_batches for k in b["key"]]}) + "\n")
+                pairs_file.flush()
+            for b in step_batches:
+                for k, v in b.pop("counters").items():
+                    state.counters[k] = state.counters.get(k, 0) + v
+
+            # ------------------------------------------------------------------ the step
+            scheduler.step_update(state.step)
+            result = train_step(model, optimizer, step_batches, accelerator, trainable=trainable,
+                                grad_clip=tc.grad_clip, deepspeed=is_ds)
+            row = result.row()  # one host sync per step
+            bad = row.pop("nonfinite") > 0
+            state.bad_steps += bad
+            state.bad_in_row = state.bad_in_row + 1 if bad else 0
+            state.step += 1
+            pbar.update(1)
+
+            # -------------------------------------------------------------------- log
+            dt = time.perf_counter() - t0
+            row = {"step": state.step, "epoch": epoch, **row, "lr": optimizer.param_groups[0]["lr"], "bad": bad,
+                   "pairs_per_s": tc.global_batch / dt, "mem_gb": memory_gb(accelerator.device)}
+            if metrics_file:
+                metrics_file.write(json.dumps(row) + "\n")
+                metrics_file.flush()
+            if state.step % tc.log_every == 0 or state.step == total_steps:
+                pbar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", pairs_s=f"{row['pairs_per_s']:.1f}",
+                                 mem=f"{row['mem_gb']:.2f}G")
+                data = {f"data/{k}": v for k, v in state.counters.items()}  # from the samples, checkpointed
+                # Dataset-level counters (the stream's records, bad records, ...; this process and its workers).
+                data |= {f"data/stream_{k}": v for k, v in train_ds.counters().items()}
+                accelerator.log({f"train/{k}": v for k, v in row.items() if k not in ("step", "bad")}
+                                | data | {"train/bad_steps": state.bad_steps}, step=state.step)
+                if main_process and state.counters:
+                    counts = " ".join(f"{k}={v}" for k, v in sorted(state.counters.items()))
+                    pbar.write(f"step {state.step}: data {counts}")
+
+            # ------------------------------------------------------ non-finite loss: dump, stop
+            if bad and (tc.on_nonfinite == "stop" or state.bad_in_row >= tc.max_bad_steps):
+                dump = dump_nonfinite(ckpts, step_batches, result.parts, epoch)
+                why = ("train.on_nonfinite=stop" if tc.on_nonfinite == "stop" else
+                       f"{state.bad_in_row} skipped steps in a row (train.max_bad_steps={tc.max_bad_steps})")
+                raise SystemExit(f"stopping at step {state.step}: non-finite loss ({why}); the pair keys, loss parts "
+                                 f"and trainable weights are in {dump}")
+
+            # ------------------------------------------------------------------ checkpoint
+            if tc.save_every > 0 and state.step % tc.save_every == 0:
+                ckpts.save()
+                last_saved = state.step
+
+    # ------------------------------------------------------------------------------------------
+    # End: final checkpoint and the trainable weights at the top of the run directory
+    # ------------------------------------------------------------------------------------------
+    if val_ds is not None:
+        validate()
+    if last_saved != state.step:
+        ckpts.save()
+    if main_process:
+        shutil.copyfile(complete_checkpoints(run_dir)[-1] / "model.safetensors", run_dir / "model.safetensors")
+        metrics_file.close()
+    if pairs_file:
+        pairs_file.close()
+    pbar.close()
+    accelerator.print(f"done: {state.step} steps, {state.bad_steps} skipped (non-finite); "
+                      f"weights in {run_dir / 'model.safetensors'}")
+    # Finishing all ranks together avoids the teardown crashes seen with gloo on CPU.
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return 0
