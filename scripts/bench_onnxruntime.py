@@ -144,7 +144,46 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("fp32 level all (backend)", "int8 dynamic (backend)"):
         shares = op_profile(variants[name][0], inputs[1], threads, tmp)
         print(f"time by operator, {name}, batch 1: " + ", ".join(f"{k} {v:.0f}%" for k, v in shares[:8]))
+    n_tokens = (cfg.model.template_size // 14) ** 2 + (cfg.model.search_size // 14) ** 2
+    print("half precision on the CPU provider, one fc1 MatMul " + half_precision_probe(
+        n_tokens, cfg.model.embed_dim, 4 * cfg.model.embed_dim, threads))
     return 0
+
+
+def half_precision_probe(rows: int, k: int, n: int, threads: int) -> str:
+    """Whether the CPU provider runs a bf16/fp16 MatMul of this shape, and its time against fp32."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    out = [f"({rows}x{k} @ {k}x{n}):"]
+    base = None
+    for dtype, np_dtype, name in ((TensorProto.FLOAT, np.float32, "fp32"), (TensorProto.FLOAT16, np.float16, "fp16"),
+                                  (TensorProto.BFLOAT16, None, "bf16")):
+        w = numpy_helper.from_array(np.random.default_rng(0).random((k, n)).astype(np_dtype or np.uint16), "w")
+        if np_dtype is None:  # numpy has no bfloat16: 16-bit words declared as bf16
+            w.data_type = TensorProto.BFLOAT16
+        graph = helper.make_graph([helper.make_node("MatMul", ["a", "w"], ["c"])], "probe",
+                                  [helper.make_tensor_value_info("a", dtype, [rows, k])],
+                                  [helper.make_tensor_value_info("c", dtype, [rows, n])], [w])
+        o = ort.SessionOptions()
+        o.intra_op_num_threads = threads
+        try:
+            s = ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+                                     .SerializeToString(), o, providers=["CPUExecutionProvider"])
+        except Exception as e:  # NOT_IMPLEMENTED: no kernel for this type
+            out.append(f"{name} not available ({str(e).split(':', 2)[-1].strip()[:70]})")
+            continue
+        feeds = {"a": np.random.default_rng(1).random((rows, k)).astype(np_dtype)}
+        s.run(None, feeds)
+        times = []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            s.run(None, feeds)
+            times.append(time.perf_counter() - t0)
+        t = float(np.median(times))
+        base = base or t
+        out.append(f"{name} {t * 1e3:.2f} ms ({base / t:.2f}x fp32)")
+    return " ".join(out)
 
 
 def op_profile(path: Path, feeds: dict[str, np.ndarray], threads: int, tmp: Path) -> list[tuple[str, float]]:
