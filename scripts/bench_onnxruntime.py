@@ -53,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--iters", type=int, default=4, help="timed forwards per variant, batch and round")
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads of the variants (default: torch's)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     cfg = get_preset(args.variant)
     if args.variant.startswith("S-"):
@@ -90,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         "fp32 level basic": (fp32, lv.ORT_ENABLE_BASIC, threads, True),
         "fp32 level extended": (fp32, lv.ORT_ENABLE_EXTENDED, threads, True),
         "fp32 level all (backend)": (fp32, lv.ORT_ENABLE_ALL, threads, True),
-        "fp32 level all, 1 thread": (fp32, lv.ORT_ENABLE_ALL, 1, True),
+        f"fp32 level all, {1 if threads > 1 else 2} thread(s)": (fp32, lv.ORT_ENABLE_ALL, 1 if threads > 1 else 2, True),
         "fp32 level all, no spinning": (fp32, lv.ORT_ENABLE_ALL, threads, False),
         "fp32 transformers optimizer": (tmp / "vit.onnx", lv.ORT_ENABLE_ALL, threads, True),
         "int8 dynamic (backend)": (tmp / "dyn.onnx", lv.ORT_ENABLE_ALL, threads, True),
