@@ -195,31 +195,35 @@ class SingleTarget:
 
 def accuracy(rows: list[Row], data: Path, names: list[str], results: Path) -> None:
     """Each row tracks the sample sequences (OPE as ``lorat-scale evaluate``); AUC and boxes per sequence."""
+    from lorat_scale.boxes import xywh_to_xyxy
     from lorat_scale.data.readers import lasot
-    from lorat_scale.evaluation.results import read_sequence_result
-    from lorat_scale.evaluation.runner import TOOLKIT_OFFSET, evaluate_results, load_benchmark, run_benchmark
+    from lorat_scale.evaluation.benchmarks import load_ground_truth, load_sequences
+    from lorat_scale.evaluation.results import read_sequence_result, result_file
+    from lorat_scale.evaluation.runner import evaluate_results, run_benchmark
 
-    avail = {"Crossing": lambda: load_benchmark("otb", data / "otb", "Crossing"),
-             # the sample holds one LaSOT test sequence and no testing_set.txt: read it as split "all"
-             "airplane-1": lambda: [s for s in lasot.read(data / "lasot", "all", clean=False)
-                                    if s.name == "airplane-1"],
-             "bag": lambda: load_benchmark("vot", data / "vot", "bag"),
-             "vot15_ball1": lambda: load_benchmark("vot", data / "vot", "vot15_ball1")}
-    unknown = [n for n in names if n not in avail]
+    # name -> (benchmark, its root); the sample holds one LaSOT test sequence and no testing_set.txt,
+    # so LaSOT is read as split "all" (as the quickstart does)
+    samples = {"Crossing": ("otb", data / "otb"), "airplane-1": ("lasot", data / "lasot"),
+               "bag": ("vot", data / "vot"), "vot15_ball1": ("vot", data / "vot")}
+    unknown = [n for n in names if n not in samples]
     if unknown:
-        raise SystemExit(f"--sequences: unknown {unknown}; the sample sequences are {', '.join(avail)}")
-    seqs = [s for n in names for s in avail[n]()]
-    print(f"accuracy: OPE on {', '.join(f'{s.name} ({len(s)})' for s in seqs)} -> {results}", flush=True)
+        raise SystemExit(f"--sequences: unknown {unknown}; the sample sequences are {', '.join(samples)}")
+    seqs = {}
+    for n in names:
+        bench, root = samples[n]
+        seq = ([s for s in lasot.read(root, "all", clean=False) if s.name == n] if bench == "lasot"
+               else load_sequences(bench, root, n))
+        seqs[n] = (bench, seq, load_ground_truth(bench, root, n))
+    print(f"accuracy: OPE on {', '.join(f'{n} ({len(v[1][0])})' for n, v in seqs.items())} -> {results}", flush=True)
     for row in rows:
         tag = row.name.replace(" ", "_").replace("+", "")
         t0 = time.perf_counter()
         single = SingleTarget(row.tracker)
-        run_benchmark(lambda: single, seqs, results, tag, log=None)  # noqa: B023 - called at once
-        summary = evaluate_results(seqs, results, tag)
-        row.auc = {m.name: 100.0 * m.auc for m in summary.sequences}
-        for s in seqs:
-            pred, _ = read_sequence_result(results / tag / "run_001" / f"{s.name}.txt", len(s))
-            row.boxes[s.name] = pred - TOOLKIT_OFFSET.get(s.dataset, 0.0)
+        for n, (bench, seq, gts) in seqs.items():
+            run_benchmark(lambda: single, seq, results / bench, tag, log=None)  # noqa: B023 - called at once
+            row.auc[n] = evaluate_results(gts, results / bench, tag, "default", "stark", bench).auc
+            xywh, _ = read_sequence_result(result_file(results / bench, tag, "default", 0, n))
+            row.boxes[n] = xywh_to_xyxy(xywh)  # the benchmark's coordinates: the same offset in every row
         print(f"  {row.name}: {time.perf_counter() - t0:.0f} s", flush=True)
 
 
