@@ -22,12 +22,8 @@ CROSSING_INIT = [205.0, 151.0, 222.0, 201.0]  # OTB Crossing frame 1, xyxy (its 
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
+def _one_thread(one_torch_thread):
     """One intra-op thread (torch and, through it, ONNX Runtime): small forwards on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @lru_cache(maxsize=None)
