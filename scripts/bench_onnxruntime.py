@@ -22,7 +22,9 @@ printed; ONNX Runtime's CPU provider has no bf16 matmul on x86 (PyTorch's bf16 a
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -77,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                      if f in flags))
     print(f"crops from {desc}: {len(calib)} for calibration, {len(held_out)} held out", flush=True)
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench_ort_"))
+    tmp = Path(tempfile.mkdtemp(prefix="bench_ort_"))  # quantized/optimized variants and profiles
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     from onnxruntime.transformers import optimizer
 
     vit = optimizer.optimize_model(str(fp32), model_type="vit", num_heads=cfg.model.num_heads,
@@ -88,12 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     quantize_int8(fp32, tmp / "dyn.onnx", "dynamic")
     quantize_int8(fp32, tmp / "static.onnx", "static", calibration=calib)
     lv = ort.GraphOptimizationLevel
+    other = 1 if threads > 1 else 2  # the other thread count, for comparison
     variants = {  # name -> (model file, optimisation level, threads, spinning)
         "fp32 level disabled": (fp32, lv.ORT_DISABLE_ALL, threads, True),
         "fp32 level basic": (fp32, lv.ORT_ENABLE_BASIC, threads, True),
         "fp32 level extended": (fp32, lv.ORT_ENABLE_EXTENDED, threads, True),
         "fp32 level all (backend)": (fp32, lv.ORT_ENABLE_ALL, threads, True),
-        f"fp32 level all, {1 if threads > 1 else 2} thread(s)": (fp32, lv.ORT_ENABLE_ALL, 1 if threads > 1 else 2, True),
+        f"fp32 level all, {other} thread(s)": (fp32, lv.ORT_ENABLE_ALL, other, True),
         "fp32 level all, no spinning": (fp32, lv.ORT_ENABLE_ALL, threads, False),
         "fp32 transformers optimizer": (tmp / "vit.onnx", lv.ORT_ENABLE_ALL, threads, True),
         "int8 dynamic (backend)": (tmp / "dyn.onnx", lv.ORT_ENABLE_ALL, threads, True),

@@ -217,8 +217,8 @@ def cached_export(model: LoRAT, config: Config | None = None, cache_dir: str | P
     Entries are folders ``<cache_dir>/<key>/`` (default ``$LORAT_CACHE/onnx``) holding ``model.onnx``
     (weights of > 2 GB models in side files) and ``info.json`` (what produced it, the check below).
     A fresh export is checked against PyTorch on random inputs at batch 1 and 2 and refused if
-    outputs differ by more than ``tol``. Written to a temporary folder and renamed: concurrent trackers (evaluation workers)
-    never see a half-written entry.
+    outputs differ by more than ``tol``. Written to a temporary folder and renamed: concurrent
+    trackers (evaluation workers) never see a half-written entry.
     """
     root = Path(cache_dir) if cache_dir else paths.cache_dir() / "onnx"
     key = model_fingerprint(model, opset=opset, exporter="torchscript", dynamic_batch=True)[:32]
