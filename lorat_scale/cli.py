@@ -35,6 +35,16 @@ def add_overrides(p: argparse.ArgumentParser, example: str = "train.lr=5e-5") ->
         p.add_argument(old, dest="old_" + old[2:], nargs="*", default=None, help=argparse.SUPPRESS)
 
 
+def parse_with_overrides(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse options and dotted overrides in any order; the old --set/--override get a message saying what to write."""
+    args = p.parse_intermixed_args(argv)
+    for old in ("set", "override"):
+        if getattr(args, "old_" + old, None) is not None:
+            words = " ".join(getattr(args, "old_" + old)) or "section.key=value"
+            p.error(f"--{old} is gone: write overrides as plain words after the options, e.g. {words}")
+    return args
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     """Print total/trainable/merged parameters and MACs (batch 1) of LoRAT variants."""
     from .config import VARIANTS
@@ -550,11 +560,7 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     command = sub.choices[args.command]
     if "overrides" in args:  # options and overrides in any order: parse the subcommand's words again, intermixed
-        args = command.parse_intermixed_args(argv[argv.index(args.command) + 1:])
-        for old in ("set", "override"):
-            if getattr(args, "old_" + old) is not None:
-                words = " ".join(getattr(args, "old_" + old)) or "section.key=value"
-                command.error(f"--{old} is gone: write overrides as plain words after the options, e.g. {words}")
+        args = parse_with_overrides(command, argv[argv.index(args.command) + 1:])
     elif rest:
         command.error("unrecognized arguments: " + " ".join(rest))
     from .config import ConfigError

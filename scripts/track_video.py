@@ -25,6 +25,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lorat_scale.boxes import xyxy_to_xywh  # noqa: E402
+from lorat_scale.cli import add_overrides, parse_with_overrides  # noqa: E402
 from lorat_scale.config import ConfigError  # noqa: E402
 from lorat_scale.demo import sample_tracker  # noqa: E402
 from lorat_scale.outputs import OutputError, atomic_path, check_outputs  # noqa: E402
@@ -81,15 +82,15 @@ def draw(frame_bgr: np.ndarray, box: np.ndarray, score: float | None, index: int
 
 
 def build_tracker(args: argparse.Namespace) -> Tracker:
-    """Tracker from --checkpoint/--backbone, or the sample weights (untrained head); --set applies to both."""
+    """Tracker from --checkpoint/--backbone, or the sample weights (untrained head); the overrides apply to both."""
     kw = dict(device=args.device, precision=args.precision, backend=args.backend, compile=args.compile or None)
     if args.checkpoint:
         return Tracker.from_checkpoint(args.checkpoint, variant=args.variant, backbone=args.backbone,
-                                       overrides=args.set, **kw)
+                                       overrides=args.overrides, **kw)
     if args.backbone:
         raise SystemExit("--backbone without --checkpoint: pass the trained checkpoint too")
     print("note: no --checkpoint: sample ViT-S weights with an UNTRAINED head (boxes will not follow the target)")
-    return sample_tracker(variant=args.variant, overrides=args.set, **kw)
+    return sample_tracker(variant=args.variant, overrides=args.overrides, **kw)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,12 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--init", default="", help="x,y,w,h of the target in the first frame (default: mouse selection)")
     p.add_argument("--checkpoint", default="", help="trained checkpoint (ours or official LoRAT)")
     p.add_argument("--backbone", default="", help="DINOv2 backbone weights for --checkpoint")
-    p.add_argument("--variant", default="S-224")
+    p.add_argument("--variant", default="S-224", help="variant preset, e.g. B-224 (the sample weights are ViT-S)")
     p.add_argument("--out", default="", help="annotated video (default: <video>_tracked.mp4)")
     p.add_argument("--boxes", default="", help="boxes txt (default: next to --out, .txt)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="config overrides, e.g. track.window_penalty=0.3 model.depth=2")
-    # Unset flags leave the value to the config (track.device/backend/precision, also settable with --set).
+    add_overrides(p, "track.window_penalty=0.3")
+    # Unset flags leave the value to the config (track.device/backend/precision, also settable as overrides).
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: track.device, auto)")
     p.add_argument("--backend", default=None, choices=["torch", "onnxruntime"],
                    help="what runs the model: PyTorch (default), or ONNX Runtime (exported once and cached; "
@@ -114,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", action="store_true", help="torch.compile the model (backend torch)")
     p.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0 = all; cameras: until Ctrl-C)")
     p.add_argument("--snapshot", default="", help="also save annotated frame --snapshot-frame as this PNG")
-    p.add_argument("--snapshot-frame", type=int, default=10)
-    args = p.parse_args(argv)
+    p.add_argument("--snapshot-frame", type=int, default=10, help="frame number (0-based) of --snapshot")
+    args = parse_with_overrides(p, argv)
 
     try:
         init_box = parse_init(args.init) if args.init else None
@@ -143,9 +143,9 @@ def main(argv: list[str] | None = None) -> int:
                        "--backbone": args.backbone})
     except OutputError as e:
         p.error(str(e))
-    try:  # before any output file is opened: a bad --set must not leave (or clobber) files
+    try:  # before any output file is opened: a bad override must not leave (or clobber) files
         tracker = build_tracker(args)
-    except ConfigError as e:  # an unknown --set key, or a backend/precision that do not go together
+    except ConfigError as e:  # an unknown override key, or a backend/precision that do not go together
         p.error(str(e))
     fps_in = cap.get(cv2.CAP_PROP_FPS) or 25.0
     announced = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if not is_camera else 0  # the container's own count

@@ -237,7 +237,7 @@ def test_interrupted_track_video_leaves_the_old_output(video, golden, tmp_path, 
     with pytest.raises(MemoryError):
         _track_video().main(["--video", str(video), "--init", "200,100,80,80", "--out", str(out), "--device", "cpu",
                              "--checkpoint", str(g / "lorat_checkpoint.safetensors"),
-                             "--backbone", str(g / "backbone.safetensors"), "--set", "model.depth=2"])
+                             "--backbone", str(g / "backbone.safetensors"), "model.depth=2"])
     assert out.read_bytes() == b"the previous, complete output"
     assert not out.with_suffix(".txt").exists() and _leftovers(tmp_path) == []
 
@@ -268,7 +268,7 @@ def test_truncated_video_stops_with_a_warning(video, golden, tmp_path, capsys):
     out = tmp_path / "cut_tracked.mp4"
     rc = _track_video().main(["--video", str(cut), "--init", "200,100,80,80", "--out", str(out), "--device", "cpu",
                               "--checkpoint", str(g / "lorat_checkpoint.safetensors"),
-                              "--backbone", str(g / "backbone.safetensors"), "--set", "model.depth=2"])
+                              "--backbone", str(g / "backbone.safetensors"), "model.depth=2"])
     err = capsys.readouterr().err
     boxes = np.loadtxt(out.with_suffix(".txt"), delimiter=",")
     read = len(boxes)

@@ -29,7 +29,7 @@ def test_track_video_on_pysot_bag(shared_data, golden, tmp_path):
     args = [
         "--video", str(video), "--init", init, "--max-frames", "6",
         "--checkpoint", str(golden / "model" / "S-gelu" / "lorat_checkpoint.safetensors"),
-        "--backbone", str(golden / "model" / "S-gelu" / "backbone.safetensors"), "--set", "model.depth=2",
+        "--backbone", str(golden / "model" / "S-gelu" / "backbone.safetensors"), "model.depth=2",
         f"track.onnx_cache={tmp_path / 'onnx'}", "--device", "cpu",
     ]
     rc = _script().main(args + ["--out", str(out), "--snapshot", str(tmp_path / "f3.png"), "--snapshot-frame", "3"])
@@ -61,7 +61,7 @@ def test_track_video_set_without_checkpoint_refuses_unknown_keys(shared_data, tm
     out = tmp_path / "bag.mp4"
     with pytest.raises(SystemExit):
         _script().main(["--video", str(shared_data / "video" / "pysot_bag.avi"), "--init", "100,100,50,60",
-                        "--max-frames", "2", "--out", str(out), "--set", "track.window_penaltyy=0.2"])
+                        "--max-frames", "2", "--out", str(out), "track.window_penaltyy=0.2"])
     err = capsys.readouterr().err
     assert "unknown config key 'track.window_penaltyy'" in err and "window_penalty" in err
     assert not out.exists()  # refused before any output was written
@@ -82,6 +82,6 @@ def test_track_video_set_without_checkpoint_is_applied(shared_data, tmp_path, mo
     with pytest.warns(UserWarning, match="untrained"):
         rc = mod.main(["--video", str(shared_data / "video" / "pysot_bag.avi"), "--init", "100,100,50,60",
                        "--max-frames", "2", "--out", str(tmp_path / "bag.mp4"), "--device", "cpu",
-                       "--set", "track.window_penalty=0.2", "track.min_box_size=4"])
+                       "track.window_penalty=0.2", "track.min_box_size=4"])
     assert rc == 0 and len(built) == 1
     assert built[0].config.track.window_penalty == 0.2 and built[0].config.track.min_box_size == 4.0
