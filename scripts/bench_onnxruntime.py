@@ -35,14 +35,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lorat_scale.config import VARIANTS, get_preset  # noqa: E402
-from lorat_scale.export.onnx import INPUT_NAMES, OUTPUT_NAMES, cached_export  # noqa: E402
-from lorat_scale.export.quantize import quantize_int8  # noqa: E402
-from lorat_scale.models import build_model, merge_for_inference  # noqa: E402
-from lorat_scale.tracking.tracker import BatchTracker  # noqa: E402
+from lorat_scale.config import VARIANTS, get_preset
+from lorat_scale.export.onnx import INPUT_NAMES, OUTPUT_NAMES, cached_export
+from lorat_scale.export.quantize import quantize_int8
+from lorat_scale.models import build_model, merge_for_inference
+from lorat_scale.tracking.tracker import BatchTracker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_track import load_frames, model_inputs  # noqa: E402
+from bench_track import load_frames, model_inputs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
            for k, v in (("fp32", fp32), ("vit", tmp / "vit.onnx"))}
     print(f"graph nodes: exported {ops['fp32']}, after the transformers optimizer {ops['vit']}")
 
-    def feeds(items):
+    def feeds(items: list[tuple[np.ndarray, ...]]) -> dict[str, np.ndarray]:
         return {n: np.concatenate([it[i] for it in items]) for i, n in enumerate(INPUT_NAMES)}
 
     batches = sorted({1, args.batch})
@@ -177,7 +177,7 @@ def half_precision_probe(rows: int, k: int, n: int, threads: int) -> str:
         try:
             s = ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
                                      .SerializeToString(), o, providers=["CPUExecutionProvider"])
-        except Exception as e:  # NOT_IMPLEMENTED: no kernel for this type
+        except Exception as e:  # noqa: BLE001 - NOT_IMPLEMENTED (no kernel for this type) is a finding
             out.append(f"{name} not available ({str(e).split(':', 2)[-1].strip()[:70]})")
             continue
         feeds = {"a": np.random.default_rng(1).random((rows, k)).astype(np_dtype)}

@@ -46,11 +46,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lorat_scale import paths  # noqa: E402
-from lorat_scale.config import VARIANTS, Config, ConfigError, get_preset  # noqa: E402
-from lorat_scale.models import LoRAT, build_model, merge_for_inference  # noqa: E402
-from lorat_scale.tracking.backends import OnnxRuntimeRunner  # noqa: E402
-from lorat_scale.tracking.tracker import BatchTracker, load_model  # noqa: E402
+from lorat_scale import paths
+from lorat_scale.config import VARIANTS, Config, ConfigError, get_preset
+from lorat_scale.models import LoRAT, build_model, merge_for_inference
+from lorat_scale.tracking.backends import OnnxRuntimeRunner
+from lorat_scale.tracking.tracker import BatchTracker, load_model
 
 CPU_ROWS = "torch:fp32,torch:bf16,torch:fp32+compile,onnxruntime:fp32,onnxruntime:int8,onnxruntime:int8-static"
 GPU_ROWS = "torch:fp32,torch:fp16,torch:bf16,onnxruntime:fp32"
@@ -103,7 +103,8 @@ def load_frames(n: int = 20) -> tuple[list[np.ndarray], np.ndarray, str]:
     return frames, np.array([300.0, 150.0, 340.0, 190.0]), f"{n} random 640x360 frames (shared data not found)"
 
 
-def model_inputs(tracker: BatchTracker, frames: list[np.ndarray], box: np.ndarray, batch: int):
+def model_inputs(tracker: BatchTracker, frames: list[np.ndarray], box: np.ndarray,
+                 batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(z, x, mask) of ``batch`` targets: the tracker's own crops of real frames (template frame 0, search frame k)."""
     for k in range(batch):
         tracker.init(("crops", k), frames[0], box)
@@ -121,7 +122,8 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_model(tracker: BatchTracker, inputs, warmup: int, iters: int) -> list[float]:
+def time_model(tracker: BatchTracker, inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], warmup: int,
+               iters: int) -> list[float]:
     """Seconds per forward of the backend on fixed real crops (torch on CUDA: the mean over CUDA events)."""
     z, x, mask = inputs
     for _ in range(warmup):

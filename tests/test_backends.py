@@ -11,12 +11,12 @@ from PIL import Image
 
 pytest.importorskip("onnxruntime")
 
-import onnx  # noqa: E402
+import onnx
 
-from lorat_scale.config import ConfigError, get_preset  # noqa: E402
-from lorat_scale.evaluation.runner import LoRATFactory  # noqa: E402
-from lorat_scale.models import build_model  # noqa: E402
-from lorat_scale.tracking.tracker import BatchTracker, Tracker  # noqa: E402
+from lorat_scale.config import ConfigError, get_preset
+from lorat_scale.evaluation.runner import LoRATFactory
+from lorat_scale.models import build_model
+from lorat_scale.tracking.tracker import BatchTracker, Tracker
 
 CROSSING_INIT = [205.0, 151.0, 222.0, 201.0]  # OTB Crossing frame 1, xyxy (its x,y,w,h taken as is)
 

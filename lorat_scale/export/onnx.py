@@ -23,7 +23,7 @@ import shutil
 import time
 import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -62,7 +62,8 @@ class _TupleOutputs(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, template: torch.Tensor, search: torch.Tensor, template_mask: torch.Tensor):
+    def forward(self, template: torch.Tensor, search: torch.Tensor,
+                template_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.model(template, search, template_mask)
         return out["score_map"], out["boxes"]
 
@@ -171,7 +172,8 @@ def verify_onnx(model: LoRAT, path: str | Path, batches: tuple[int, ...] = (1, 3
     return worst
 
 
-def export_and_verify(model: LoRAT, path: str | Path, config: Config | None = None, **kwargs) -> dict[str, float]:
+def export_and_verify(model: LoRAT, path: str | Path, config: Config | None = None,
+                      **kwargs: Any) -> dict[str, float]:
     """Export, verify with onnxruntime, and return timings and max differences."""
     t0 = time.perf_counter()
     export_onnx(model, path, config, **kwargs)
@@ -179,7 +181,8 @@ def export_and_verify(model: LoRAT, path: str | Path, config: Config | None = No
     diffs = verify_onnx(model, path, batches=(1, 3) if kwargs.get("dynamic_batch", True) else (2,))
     import onnx
 
-    opset = max(o.version for o in onnx.load(str(path), load_external_data=False).opset_import if o.domain in ("", "ai.onnx"))
+    imports = onnx.load(str(path), load_external_data=False).opset_import
+    opset = max(o.version for o in imports if o.domain in ("", "ai.onnx"))
     return {"export_s": t1 - t0, "verify_s": time.perf_counter() - t1, "opset": opset,
             **{f"max_abs_diff_{k}": v for k, v in diffs.items()}}
 

@@ -165,14 +165,14 @@ def read_backbone_arrays(onnx_path: str | Path) -> dict[str, np.ndarray]:
     out["norm.weight"] = named("backbone.layernorm.weight")
     out["norm.bias"] = named("backbone.layernorm.bias")
 
-    out["pos_embed"] = _position_table(graph, inits, nodes, dim, where)
+    out["pos_embed"] = _position_table(graph, inits, dim, where)
     for key, arr in out.items():
         if not np.isfinite(arr).all():
             raise ConversionError(f"{where}: tensor for {key!r} has non-finite values")
     return out
 
 
-def _position_table(graph: Any, inits: dict, nodes: dict, dim: int, where: str) -> np.ndarray:
+def _position_table(graph: Any, inits: dict, dim: int, where: str) -> np.ndarray:
     """[1, 1 + G*G, D] from the two unnamed position initializers consumed by the embeddings nodes."""
     from onnx import numpy_helper
 

@@ -118,6 +118,6 @@ class OnnxRuntimeRunner:
         return {"score_map": torch.from_numpy(score_map), "boxes": torch.from_numpy(boxes)}
 
 
-def _host(t: torch.Tensor):
+def _host(t: torch.Tensor) -> np.ndarray:
     """Contiguous numpy view (a copy only if the tensor is elsewhere or strided)."""
     return t.detach().to("cpu").contiguous().numpy()

@@ -55,7 +55,7 @@ def resolve_config(
             raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
         try:
             meta = read_metadata(checkpoint)
-        except Exception:  # torch .pth checkpoints carry no safetensors header
+        except Exception:  # noqa: BLE001 - torch .pth checkpoints carry no safetensors header
             meta = {}
     if config is None:  # the preset with the checkpoint's recorded LoRA fields, checked like any config
         source = f"checkpoint {checkpoint}" if checkpoint else "config"
@@ -187,7 +187,7 @@ class _TrackerBase:
         config: Config | None = None,
         overrides: list[str] | None = None,
         **kwargs: Any,
-    ):
+    ) -> Tracker:
         """Tracker from a trainable-only checkpoint (ours or official) + the frozen backbone weights.
 
         The variant comes from ``config``, else ``variant``, else the checkpoint metadata, else S-224.
@@ -201,7 +201,7 @@ class _TrackerBase:
         return cls(model, config, **kwargs)
 
     @classmethod
-    def from_official(cls, path: str | Path, backbone: str, variant: str = "S-224", **kwargs: Any):
+    def from_official(cls, path: str | Path, backbone: str, variant: str = "S-224", **kwargs: Any) -> Tracker:
         """Tracker from an official LoRAT checkpoint (``*.bin``/safetensors) + Meta DINOv2 backbone.
 
         Official checkpoints store no ``lora_alpha``; the variant's configured alpha is used (alpha = r
