@@ -364,7 +364,7 @@ def test_kill9_then_resume_is_bit_identical(train_module, sources, tmp_path):
     proc = subprocess.Popen([PY, str(ROOT / "scripts" / "train.py"), *common, f"train.output_dir={run}"],
                             env=sub_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 150
-    while not (run / "checkpoints" / "step_00000004" / "trainer_state.json").is_file():
+    while not (run / "checkpoints" / "step_00000004" / "checkpoint.json").is_file():
         assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
         assert time.time() < deadline, "no checkpoint written in time"
         time.sleep(0.05)
