@@ -208,8 +208,8 @@ def weights_only_loads(allowed: list | tuple = ()) -> Iterator[None]:
             with torch.serialization.safe_globals(list(allowed)):
                 return real(f, *args, **kwargs)
         except pickle.UnpicklingError as e:
-            lines = [x.strip() for x in str(e).splitlines() if "GLOBAL" in x or "Unsupported" in x]
-            why = lines[0] if lines else type(e).__name__
+            found = re.search(r"GLOBAL (\S+)", str(e))
+            why = f"it calls {found.group(1)}" if found else str(e).strip().splitlines()[0]
             raise CheckpointError(f"{f}: refused: it is a pickle that builds objects other than tensors and plain "
                                   f"containers, and loading it could run code ({why})") from None
 
@@ -313,7 +313,13 @@ def find_resume_point(accelerator: Accelerator, run_dir: Path, which: str, cfg: 
 
 
 def _check_config(marker: dict, path: Path, cfg: Config, accelerator: Accelerator, allow: bool) -> None:
-    """Refuse a resume whose configuration or world size changes the run (unless ``allow``); note the rest."""
+    """Refuse a resume whose configuration or world size changes the run (unless ``allow``); note the rest.
+
+    Also names the files in ``path`` that the checkpoint does not list: they are never read.
+    """
+    extra = unlisted_files(path, marker) if accelerator.is_main_process else []
+    if extra:
+        warn(f"{path}: {', '.join(extra)}: not written by the trainer (not in {MARKER}); never read")
     altering, neutral = config_changes(marker.get("config", {}), cfg.to_dict())
     world, saved_world = accelerator.num_processes, marker.get("world_size", accelerator.num_processes)
     if world != saved_world:
