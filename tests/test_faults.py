@@ -228,18 +228,23 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_kills_and_sigterm_then_resume_are_bitwise(loop, common, reference, tmp_path):
-    """kill -9 inside a save, kill -9 between steps, SIGTERM (checkpoint, exit 75): the end is the uninterrupted run."""
+FAKE_SRUN = """#!/bin/bash
+while [[ "$1" == --* ]]; do shift; done   # srun's own options
+exec "$@"
+"""
+
+
+def test_kills_and_preemption_then_resume_are_bitwise(loop, common, reference, tmp_path):
+    """kill -9 inside a save, kill -9 between steps, then the SLURM job file gets USR1 (its --signal): training
+    checkpoints at the next step and exits 75, the job requeues itself; the resumed end is the uninterrupted run."""
     run = tmp_path / "run"
     script = tmp_path / "slow_save.py"
     script.write_text(SLOW_SAVE)
-
     out = tmp_path / "out.txt"
 
-    def start():
+    def start(cmd, env=None):
         with open(out, "w") as f:
-            return subprocess.Popen([PY, str(script), *common, "--resume", "auto", f"train.output_dir={run}"],
-                                    env=sub_env(), cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+            return subprocess.Popen(cmd, env=env or sub_env(), cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
 
     def wait_for(proc, cond, what):
         deadline = time.time() + 120
@@ -251,28 +256,39 @@ def test_kills_and_sigterm_then_resume_are_bitwise(loop, common, reference, tmp_
     def done() -> int:
         return max(metrics(run), default=0) if (run / "metrics.jsonl").is_file() else 0
 
+    slow = [PY, str(script), *common, "--resume", "auto", f"train.output_dir={run}"]
     # 1. kill -9 inside the save of step 4: its files are written, its checkpoint.json is not.
-    proc = start()
+    proc = start(slow)
     wait_for(proc, lambda: (run / "checkpoints" / ".tmp_step_00000004" / "model.safetensors").is_file(), "save 4")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert [p.name for p in ck.scan(run).complete] == ["step_00000002"]
     # 2. kill -9 between steps, after step 5 was logged (step 6's checkpoint not written).
-    proc = start()
+    proc = start(slow)
     wait_for(proc, lambda: done() >= 5, "step 5")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert done() < 8 and not (run / "model.safetensors").exists()
-    # 3. SIGTERM while training: a checkpoint at the next step boundary, then exit code 75.
-    proc = start()
+    # 3. The SLURM job file (srun and scontrol stand-ins): USR1 to the batch script, as #SBATCH --signal=B:USR1.
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "srun").write_text(FAKE_SRUN)
+    (bin_ / "scontrol").write_text(f'#!/bin/bash\necho "$@" >> {tmp_path / "scontrol.txt"}\n')
+    for f in bin_.iterdir():
+        f.chmod(0o755)
+    env = {**sub_env(), "PATH": f"{bin_}:{os.environ['PATH']}", "SLURM_SUBMIT_DIR": str(ROOT), "SLURM_JOB_ID": "4242",
+           "SLURM_CPUS_PER_TASK": "1", "SLURM_JOB_NODELIST": "n1", "SLURM_NNODES": "1", "SLURM_NODEID": "0",
+           "SLURM_GPUS_ON_NODE": "1", "VARIANT": "S-224", "RUN_DIR": str(run)}
+    proc = start(["bash", str(ROOT / "scripts" / "slurm" / "train_1node.sbatch"), *common[2:]], env)
     wait_for(proc, lambda: "resumed from" in out.read_text() and done() >= 5, "step 5 after the resume")
-    os.kill(proc.pid, signal.SIGTERM)
+    os.kill(proc.pid, signal.SIGUSR1)
     assert proc.wait(timeout=120) == 75, out.read_text()[-3000:]
     text = out.read_text()
     stopped = int(text.split("stopped at step ")[1].split()[0])
     assert f"by SIGTERM: checkpoint {run / 'checkpoints' / f'step_{stopped:08d}'} saved" in text
     assert stopped < 8 and ck.scan(run).complete[-1].name == f"step_{stopped:08d}" and done() == stopped
-    # 4. The last resume, in-process.
+    assert (tmp_path / "scontrol.txt").read_text() == "requeue 4242\n"
+    # 4. The requeued job resumes (here in-process).
     assert run_inprocess(loop, [*common, "--resume", "auto", f"train.output_dir={run}"]) == 0
     assert_same_as_reference(run, reference)
     assert not ck.scan(run).leftovers
