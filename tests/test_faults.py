@@ -292,3 +292,72 @@ def test_kills_and_preemption_then_resume_are_bitwise(loop, common, reference, t
     assert run_inprocess(loop, [*common, "--resume", "auto", f"train.output_dir={run}"]) == 0
     assert_same_as_reference(run, reference)
     assert not ck.scan(run).leftovers
+
+
+# ----------------------------------------------------------------------------------------------
+# A full disk, a read-only output directory
+# ----------------------------------------------------------------------------------------------
+IN_NAMESPACE = """
+import json, sys
+from lorat_scale.train.loop import main
+for out in sys.argv[2:]:
+    try:
+        print("RC", main([*json.loads(sys.argv[1]), f"train.output_dir={out}"]), flush=True)
+    except SystemExit as e:
+        print("EXIT", e, flush=True)
+"""
+
+
+def _namespace_mounts_work() -> bool:
+    """Whether this machine lets an unprivileged user namespace mount a tmpfs (real ENOSPC / EROFS)."""
+    if not shutil.which("unshare"):
+        return False
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                            "d=$(mktemp -d) && mount -t tmpfs -o size=8k tmpfs $d && umount $d && rmdir $d"],
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+def test_full_disk_and_read_only_output_stop_with_one_line_and_keep_the_last_checkpoint(
+        loop, common, reference, tmp_path, monkeypatch):
+    """A 360 KiB tmpfs (room for two checkpoints) and a read-only tmpfs, mounted in a user namespace: real
+    ENOSPC/EROFS. Where the machine forbids that, ENOSPC is simulated in-process at the third save instead."""
+    ro, full, copy = tmp_path / "ro", tmp_path / "full", tmp_path / "copy"
+    ro.mkdir(), full.mkdir()
+    if _namespace_mounts_work():
+        driver = tmp_path / "driver.py"
+        driver.write_text(IN_NAMESPACE)
+        sh = (f'set -e; mount -t tmpfs -o ro,size=64k tmpfs {ro}; mount -t tmpfs -o size=360k tmpfs {full}; '
+              f'"$0" {driver} "$1" {ro / "run"} {full / "run"}; cp -a {full / "run"} {copy}')
+        proc = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "bash", "-c", sh, PY,
+                               json.dumps(common)], env=sub_env(), cwd=ROOT, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        lines = [x for x in proc.stdout.splitlines() if x.startswith(("RC", "EXIT"))]
+        assert lines[0] == f"EXIT error: train.output_dir={ro / 'run'}: cannot write there (Read-only file system: " \
+                           f"{ro / 'run'})"
+        full_msg, run = lines[1], full / "run"
+    else:  # simulated: the save of step 6 fails as a full disk would make it
+        real = ck.save_file
+
+        def save_file(tensors, path, metadata=None):
+            if ".tmp_step_00000006" in str(path):
+                raise OSError(28, "No space left on device", str(path))
+            return real(tensors, path, metadata=metadata)
+
+        monkeypatch.setattr(ck, "save_file", save_file)
+        run = copy
+        with pytest.raises(SystemExit) as e:
+            run_inprocess(loop, [*common, f"train.output_dir={run}"])
+        full_msg = f"EXIT {e.value}"
+        monkeypatch.setattr(ck, "save_file", real)
+    kept = ck.scan(copy).complete[-1].name
+    assert full_msg.startswith(f"EXIT error: cannot write checkpoint {run / 'checkpoints'}")
+    assert ": No space left on device: " in full_msg and ".safetensors;" in full_msg and "\n" not in full_msg
+    assert full_msg.endswith(f"the last complete checkpoint is kept ({kept}): fix the cause, then resume with "
+                             "--resume auto")
+    assert kept in ("step_00000002", "step_00000004") and not ck.scan(copy).leftovers  # the failed save removed
+    assert all(ck.verify(_Acc(), p)[1] == [] for p in ck.scan(copy).complete)
+    # Nothing lost: with room again, the run resumes and ends as the uninterrupted run.
+    assert run_inprocess(loop, [*common, "--resume", "auto", f"train.output_dir={copy}"]) == 0
+    assert_same_as_reference(copy, reference)

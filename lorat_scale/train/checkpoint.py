@@ -87,6 +87,15 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be written, found or trusted; the message says which file and why."""
 
 
+def _named(path: Path, write: Any) -> None:
+    """Run a safetensors write; its failure (a SafetensorError without a file name) becomes an OSError naming it."""
+    try:
+        write()
+    except SafetensorError as e:
+        found = re.search(r"I/O error: (.*) \(os error (\d+)\)", str(e))
+        raise OSError(int(found.group(2)), found.group(1), str(path)) if found else OSError(str(e), str(path)) from None
+
+
 # ----------------------------------------------------------------------------------------------
 # What a run directory holds
 # ----------------------------------------------------------------------------------------------
@@ -126,10 +135,13 @@ def finish_interrupted_saves(run_dir: Path) -> None:
     """Folders of a save killed part-way: a complete one killed before its rename gets its name; the rest go."""
     for p in scan(run_dir).leftovers:
         final = p.with_name(p.name[len(".tmp_"):]) if p.name.startswith(".tmp_") else None
-        if final is not None and (p / MARKER).is_file() and not final.exists():
-            os.replace(p, final)  # verified like any other before it is resumed from
-        else:
-            shutil.rmtree(p, ignore_errors=True)
+        try:
+            if final is not None and (p / MARKER).is_file() and not final.exists():
+                os.replace(p, final)  # verified like any other before it is resumed from
+            else:
+                shutil.rmtree(p)
+        except OSError as e:  # a read-only run directory: the run stops at its first write, saying so
+            warn(f"{p}: left from an interrupted save, cannot be removed ({e.strerror or e})")
 
 
 def step_of(path: Path) -> int:
@@ -427,9 +439,9 @@ class Checkpoints:
             # Partitioned parameters: gathered on every rank for the write.
             with deepspeed.zero.GatheredParameters([p for p in self.raw_model.parameters() if p.requires_grad]):
                 if self.accelerator.is_main_process:
-                    save_trainable(self.raw_model, path, self.cfg.variant)
+                    _named(path, lambda: save_trainable(self.raw_model, path, self.cfg.variant))
         elif self.accelerator.is_main_process:
-            save_trainable(self.raw_model, path, self.cfg.variant)
+            _named(path, lambda: save_trainable(self.raw_model, path, self.cfg.variant))
 
     def _all_ranks(self, what: str, fn: Any) -> Any:
         """Run ``fn`` on this rank; if it fails to write on any rank, every rank raises one CheckpointError."""
@@ -438,6 +450,10 @@ class Checkpoints:
             out = fn()
         except OSError as e:
             err = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+        except RuntimeError as e:  # torch.save (DeepSpeed's files): "PytorchStreamWriter failed writing file"
+            if "PytorchStreamWriter" not in str(e) and "write failed" not in str(e):
+                raise
+            err = str(e).strip().splitlines()[0]
         errors = [e for e in gather_object([err]) if e]
         if errors:
             raise CheckpointError(f"cannot write {what}: {errors[0]}")
@@ -479,13 +495,14 @@ class Checkpoints:
                                             exclude_frozen_parameters=True)
             self.save_weights(tmp / "model.safetensors")
             tensors, meta = rng_state()
-            save_file(tensors, str(tmp / f"rng_rank{acc.process_index}.safetensors"), metadata=meta)
+            rng = tmp / f"rng_rank{acc.process_index}.safetensors"
+            _named(rng, lambda: save_file(tensors, str(rng), metadata=meta))
             if main:
                 trainer = {"state": self.state.state_dict(), "accelerate_step": acc.step,
                            "scaler": acc.scaler.state_dict() if acc.scaler is not None else None}
                 if self.ds_stage is None:
-                    tensors, trainer["optimizer"] = optimizer_state(self.optimizer)
-                    save_file(tensors, str(tmp / "optimizer.safetensors"))
+                    opt, trainer["optimizer"] = optimizer_state(self.optimizer)
+                    _named(tmp / "optimizer.safetensors", lambda: save_file(opt, str(tmp / "optimizer.safetensors")))
                 (tmp / "trainer_state.json").write_text(json.dumps(trainer, indent=1))
 
         self._all_ranks(f"checkpoint {tmp}", write_own)

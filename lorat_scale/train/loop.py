@@ -347,12 +347,13 @@ def train(argv: list[str] | None, stop: StopRequest) -> int:
     resume = find_resume_point(accelerator, run_dir, args.resume, cfg, args.allow_config_change)
     start = resume[1]["step"] if resume else 0
     if main_process:
-        def init_run_dir() -> None:
+        try:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.json").write_text(cfg.to_json())  # the resolved configuration of this run
             trim_log(run_dir / "metrics.jsonl", start)  # the steps after `start` are redone: no duplicate lines
-
-        write_or_stop(run_dir, init_run_dir, run_dir)
+        except OSError as e:  # read-only, full or missing file system: before any work
+            raise RunDirError(f"train.output_dir={run_dir}: cannot write there ({e.strerror or e}"
+                              + (f": {e.filename})" if e.filename else ")")) from None
     accelerator.wait_for_everyone()
     if tc.log_pairs:
         trim_log(run_dir / f"pairs_rank{accelerator.process_index}.jsonl", start)
