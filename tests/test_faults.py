@@ -361,3 +361,45 @@ def test_full_disk_and_read_only_output_stop_with_one_line_and_keep_the_last_che
     # Nothing lost: with room again, the run resumes and ends as the uninterrupted run.
     assert run_inprocess(loop, [*common, "--resume", "auto", f"train.output_dir={copy}"]) == 0
     assert_same_as_reference(copy, reference)
+
+
+# ----------------------------------------------------------------------------------------------
+# Dead storage: the shard server killed mid-run
+# ----------------------------------------------------------------------------------------------
+def test_killed_shard_server_stops_the_run_naming_url_and_cause(loop, tmp_path, shared_data, monkeypatch):
+    """Not 'all bad records': one line with the URL, the attempts and the cause; the checkpoints stay intact."""
+    from _data_trees import build_shards
+
+    shards = build_shards(tmp_path / "src", shared_data, n_seqs=4, n=6, min_shards=2)
+    port_file = tmp_path / "url"
+    server = subprocess.Popen([sys.executable, str(ROOT / "tests" / "_http_server.py"), str(shards), str(port_file)])
+    try:
+        deadline = time.time() + 30
+        while not port_file.exists() or not port_file.read_text():
+            assert time.time() < deadline, "test server did not start"
+            time.sleep(0.05)
+        url = port_file.read_text()
+        real, calls = loop.train_step, []
+
+        def step_then_kill(*a, **kw):  # the server dies during step 3 (its batch was read already)
+            calls.append(1)
+            if len(calls) == 3:
+                server.kill()
+                server.wait()
+            return real(*a, **kw)
+
+        monkeypatch.setattr(loop, "train_step", step_then_kill)
+        run = tmp_path / "run"
+        with pytest.raises(SystemExit) as e:
+            run_inprocess(loop, ["--variant", "S-224", *TINY, f"data.train_sources=[shards={url}]",
+                                 "data.pairs_per_epoch=16", "train.global_batch=4", "train.micro_batch=2",
+                                 "train.epochs=2", "train.save_every=2", "data.io_retries=2", "data.io_backoff=0.05",
+                                 "data.io_timeout=2", f"train.output_dir={run}"])
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    msg = str(e.value)
+    assert msg.startswith(f"error: {url}/shard-") and "gave up after 3 attempts" in msg, msg
+    assert "connection refused" in msg and "bad" not in msg and "\n" not in msg
+    assert [p.name for p in ck.scan(run).complete] == ["step_00000002"] and max(metrics(run)) == 3
