@@ -186,6 +186,17 @@ def test_resume_refuses_a_configuration_that_changes_the_run(loop, common, tmp_p
     # A fresh start must not write over a run's checkpoints.
     with pytest.raises(SystemExit, match=r"already holds checkpoints \(step_00000003, step_00000004\): pass --resume auto"):
         run_inprocess(loop, argv)
+    # Nor may two training processes share a run directory (a killed launcher's child still running, say).
+    import fcntl
+
+    with open(run / ".lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.truncate(0)
+        held.write("pid 4242 on gpu07 since 2026-12-01 10:00:00")
+        held.flush()
+        with pytest.raises(SystemExit, match=rf"train.output_dir={run} is in use by another training process "
+                                             r"\(pid 4242 on gpu07 since 2026-12-01 10:00:00\): stop it first"):
+            run_inprocess(loop, [*argv, "--resume", "auto"])
 
 
 # ----------------------------------------------------------------------------------------------

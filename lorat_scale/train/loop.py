@@ -24,12 +24,15 @@ checkpoint; an unreachable shard server stops it naming the URL and the cause.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import resource
 import shutil
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -160,8 +163,11 @@ class TrainState:
         self.__dict__.update(d)
 
 
-class StopRequest:
-    """SIGTERM and SIGUSR1 set ``signal``; the loop saves a checkpoint at the next step boundary and exits."""
+class StopRequest(contextlib.AbstractContextManager):
+    """SIGTERM and SIGUSR1 set ``signal``; the loop saves a checkpoint at the next step boundary and exits.
+
+    The previous handlers come back on exit (in-process runs, tests).
+    """
 
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -172,14 +178,45 @@ class StopRequest:
     def _handle(self, signum: int, frame: object) -> None:
         self.signal = signal.Signals(signum).name
 
-    def restore(self) -> None:
-        """Put back the handlers that were there before (in-process runs, tests)."""
+    def __exit__(self, *exc: object) -> None:
         for s, h in self._previous.items():
             signal.signal(s, h)
 
 
 class RunDirError(OSError):
     """A file of the run directory cannot be written (full disk, read-only or vanished file system)."""
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: Path):
+    """Hold ``run_dir/.lock`` (flock) while the run lives: two training processes never share a run directory.
+
+    A second one (a job requeued while a killed launcher's training process still runs, a typo in two
+    commands) is refused, naming the holder. The kernel drops the lock when the holder dies, even by kill -9.
+    """
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        f = open(run_dir / ".lock", "a+")
+    except OSError as e:  # read-only, full or missing file system: before any work
+        raise RunDirError(f"train.output_dir={run_dir}: cannot write there ({e.strerror or e}"
+                          + (f": {e.filename})" if e.filename else ")")) from None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise RunDirError(f"train.output_dir={run_dir} is in use by another training process "
+                              f"({f.read().strip() or 'unknown'}): stop it first, or choose another "
+                              "train.output_dir") from None
+        except OSError as e:  # a file system without flock (some parallel file systems): run unguarded
+            print(f"warning: {run_dir / '.lock'}: no lock on this file system ({e.strerror or e}): nothing stops "
+                  "a second training process from using this run directory", file=sys.stderr)
+        else:
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            f.flush()
+        yield
 
 
 def write_or_stop(what: Path, fn, run_dir: Path) -> None:
@@ -274,15 +311,14 @@ def evaluate(model: torch.nn.Module, dataset: PairDataset | ShardPairDataset, ac
 def main(argv: list[str] | None = None) -> int:
     """Run (or resume) a training run; returns 0 when done, EXIT_STOPPED (75) when a signal stopped it after a
     checkpoint, and exits with a one-line error on bad options, data, storage or checkpoints."""
-    stop = StopRequest()  # installed first: a signal during start-up is honoured at the first step boundary
-    try:
-        return train(argv, stop)
-    except (ConfigError, DatasetError, CheckpointError, RunDirError) as e:  # one message naming the key or file
-        raise SystemExit(f"error: {e}") from None
-    except StorageError as e:  # an unreachable shard server: not bad data; the message names the URL and cause
-        raise SystemExit(f"error: {storage_message(e)}") from None
-    finally:
-        stop.restore()
+    # Installed first: a signal during start-up is honoured at the first step boundary.
+    with StopRequest() as stop, contextlib.ExitStack() as held:
+        try:
+            return train(argv, stop, held)
+        except (ConfigError, DatasetError, CheckpointError, RunDirError) as e:  # one message naming the key or file
+            raise SystemExit(f"error: {e}") from None
+        except StorageError as e:  # an unreachable shard server: not bad data; the message names the URL and cause
+            raise SystemExit(f"error: {storage_message(e)}") from None
 
 
 def storage_message(e: StorageError) -> str:
@@ -293,8 +329,9 @@ def storage_message(e: StorageError) -> str:
     return text
 
 
-def train(argv: list[str] | None, stop: StopRequest) -> int:
-    """The training run itself (``main`` turns configuration errors into a one-line exit)."""
+def train(argv: list[str] | None, stop: StopRequest, held: contextlib.ExitStack) -> int:
+    """The training run itself (``main`` turns configuration errors into a one-line exit; ``held`` releases the
+    run directory's lock when the run ends)."""
     # ------------------------------------------------------------------------------------------
     # Config
     # ------------------------------------------------------------------------------------------
@@ -343,17 +380,18 @@ def train(argv: list[str] | None, stop: StopRequest) -> int:
     is_ds = ds_plugin is not None
     main_process = accelerator.is_main_process
     set_seed(tc.seed, device_specific=True)  # dropout / drop-path differ per rank, reproducibly
+    if main_process:
+        held.enter_context(run_dir_lock(run_dir))
+    accelerator.wait_for_everyone()
     # The checkpoint to resume from: verified file by file, with this run's configuration (else refused).
     resume = find_resume_point(accelerator, run_dir, args.resume, cfg, args.allow_config_change)
     start = resume[1]["step"] if resume else 0
     if main_process:
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
+        def init() -> None:
             (run_dir / "config.json").write_text(cfg.to_json())  # the resolved configuration of this run
             trim_log(run_dir / "metrics.jsonl", start)  # the steps after `start` are redone: no duplicate lines
-        except OSError as e:  # read-only, full or missing file system: before any work
-            raise RunDirError(f"train.output_dir={run_dir}: cannot write there ({e.strerror or e}"
-                              + (f": {e.filename})" if e.filename else ")")) from None
+
+        write_or_stop(run_dir / "config.json", init, run_dir)
     accelerator.wait_for_everyone()
     if tc.log_pairs:
         trim_log(run_dir / f"pairs_rank{accelerator.process_index}.jsonl", start)
