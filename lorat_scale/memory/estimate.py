@@ -101,7 +101,9 @@ def resolve_config(variant: str, batch: int, overrides: list[str] | None = None,
     """The training config for ``variant`` with the memory-saving preset, then ``overrides``."""
     if memory_saving not in MEMORY_SAVING:
         raise ValueError(f"--memory-saving {memory_saving!r}: expected one of {list(MEMORY_SAVING)}")
-    return load_config(variant, [*MEMORY_SAVING[memory_saving], f"train.micro_batch={batch}", *(overrides or [])])
+    # One micro-batch per step unless the overrides say otherwise (memory does not depend on accumulation).
+    return load_config(variant, [*MEMORY_SAVING[memory_saving], f"train.micro_batch={batch}",
+                                 f"train.global_batch={batch}", *(overrides or [])])
 
 
 # ---------------------------------------------------------------------------------------------

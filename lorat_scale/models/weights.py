@@ -29,6 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..config import ModelConfig
+from ..outputs import atomic_path, check_outputs
 from .lorat import LoRAT
 
 FORMAT = "lorat_scale/trainable-v1"
@@ -200,7 +201,8 @@ def save_trainable(model: LoRAT, path: str | Path, variant: str = "") -> None:
         "model_config": json.dumps(dataclasses.asdict(cfg), sort_keys=True),
     }
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.trainable_state_dict().items()}
-    save_file(tensors, str(path), metadata=meta)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
@@ -288,6 +290,7 @@ def convert_checkpoint(src: str | Path, dst: str | Path, to: str, cfg: ModelConf
     """
     from .builder import build_model  # builder imports this module
 
+    check_outputs({"dst": dst}, {"src": src})
     if to not in ("ours", "official"):
         raise ValueError(f"to={to!r}: expected 'ours' or 'official'")
     state = read_state_dict(src)
@@ -308,25 +311,32 @@ def convert_checkpoint(src: str | Path, dst: str | Path, to: str, cfg: ModelConf
     _check({n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}, ours, str(src),
            note=f"checked against model.{', model.'.join(f'{k}={getattr(cfg, k)}' for k in ARCHITECTURE_KEYS)}")
     if to == "official":
-        save_file({k: v.contiguous() for k, v in ours_to_official(ours, swiglu=cfg.ffn == "swiglu").items()},
-                  str(dst))
+        out, out_meta = ours_to_official(ours, swiglu=cfg.ffn == "swiglu"), None
     else:
+        out = ours
         out_meta = {"format": FORMAT, "variant": variant or meta.get("variant", ""), "lora_r": str(cfg.lora_r),
                     "lora_alpha": str(cfg.lora_alpha), "use_rslora": str(cfg.use_rslora), "ffn": cfg.ffn,
                     "model_config": json.dumps(dataclasses.asdict(cfg), sort_keys=True)}
         if is_official(state):
             out_meta["converted_from"] = "official LoRAT"
-        save_file({k: v.contiguous() for k, v in ours.items()}, str(dst), metadata=out_meta)
+    with atomic_path(dst) as tmp:
+        save_file({k: v.contiguous() for k, v in out.items()}, str(tmp), metadata=out_meta)
 
 
-def model_config_from_meta(meta: dict[str, str]) -> dict:
-    """The LoRA fields recorded in one of our checkpoints (for building a matching model)."""
-    out = {}
-    if "lora_r" in meta:
-        out["lora_r"] = int(meta["lora_r"])
-    if "lora_alpha" in meta:
-        out["lora_alpha"] = float(meta["lora_alpha"])
-    if "use_rslora" in meta:
-        out["use_rslora"] = meta["use_rslora"] == "True"
+def model_config_from_meta(meta: dict[str, str], source: str = "checkpoint") -> dict:
+    """The LoRA fields recorded in one of our checkpoints (for building a matching model).
+
+    The values are only parsed here; ``config.config_from_dict`` checks their ranges. A value that is
+    not a number is a ``ConfigError`` naming ``source`` and the key.
+    """
+    from ..config import ConfigError
+
+    out: dict = {}
+    for key, parse, what in (("lora_r", int, "an integer"), ("lora_alpha", float, "a number"),
+                             ("use_rslora", lambda v: v == "True", "True or False")):
+        if key in meta:
+            try:
+                out[key] = parse(meta[key])
+            except ValueError:
+                raise ConfigError(f"{source}: metadata {key}={meta[key]!r} is not {what}") from None
     return out
-

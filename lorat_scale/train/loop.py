@@ -42,7 +42,7 @@ from accelerate import Accelerator
 from accelerate.utils import DeepSpeedPlugin, DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from tqdm import tqdm
 
-from ..config import ConfigError, DataConfig, load_config
+from ..config import Config, ConfigError, DataConfig, load_config
 from ..data.cache import cached_read
 from ..data.pairs import PairDataset
 from ..data.readers import DatasetError, ReadReport, parse_source
@@ -50,6 +50,7 @@ from ..data.shards import load_shards
 from ..data.storage import RetryPolicy, StorageError
 from ..data.stream_pairs import ShardPairDataset
 from ..models import build_model
+from ..outputs import OutputError, atomic_path, check_outputs, write_atomic
 from .checkpoint import CheckpointError, Checkpoints, find_resume_point, scan
 from .distributed import DDP_KWARGS, accumulation_steps, check_run, fill_ds_config, read_ds_config, zero_stage
 from .optim import build_optimizer, build_scheduler, peak_lr, steps_per_epoch
@@ -138,6 +139,22 @@ def build_dataset(entries: list[str], dc, mc, micro: int, rank: int, world: int,
                                 batch_size=micro, pairs_per_epoch=pairs_per_epoch, patch_size=mc.patch_size)
     return PairDataset(load_sources(entries, dc.on_bad_sample, verbose=rank == 0, dc=dc), dc, mc.template_size,
                        mc.search_size, pairs_per_epoch=pairs_per_epoch, rank=rank, world_size=world, patch_size=mc.patch_size)
+
+
+def run_outputs(run_dir: Path) -> dict[str, Path]:
+    """What a run writes in ``train.output_dir`` (checked against the run's inputs before it starts)."""
+    return {f"train.output_dir's {name}": run_dir / name
+            for name in ("config.json", "metrics.jsonl", "model.safetensors", "checkpoints", "logs")}
+
+
+def run_inputs(cfg: Config) -> dict[str, str]:
+    """The files and folders a run reads: source roots and shard folders, backbone weights, DeepSpeed JSON."""
+    found = {"model.backbone_weights": cfg.model.backbone_weights, "train.ds_config": cfg.train.ds_config}
+    for key in ("train_sources", "val_sources"):
+        for entry in getattr(cfg.data, key):
+            where = entry.split("=", 1)[-1]  # format[:split]=ROOT or shards=FOLDER[::BASE_URL]
+            found[f"data.{key} entry {entry}"] = where.split("::")[0] if entry.startswith("shards=") else where
+    return found
 
 
 # ----------------------------------------------------------------------------------------------
@@ -260,7 +277,7 @@ def dump_nonfinite(ckpts: Checkpoints, step_batches: list[dict], parts: list[dic
     report = {"step": state.step, "epoch": epoch, "rank": acc.process_index, "world_size": acc.num_processes,
               "keys": [k for b in step_batches for k in b["key"]],
               "loss_parts": [{k: float(v) for k, v in p.items()} for p in parts]}
-    (out / f"batch_rank{acc.process_index}.json").write_text(json.dumps(report, indent=1))
+    write_atomic(out / f"batch_rank{acc.process_index}.json", json.dumps(report, indent=1))
     ckpts.save_weights(out / "trainable.safetensors")
     acc.wait_for_everyone()
     return out
@@ -315,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     with StopRequest() as stop, contextlib.ExitStack() as held:
         try:
             return train(argv, stop, held)
-        except (ConfigError, DatasetError, CheckpointError, RunDirError) as e:  # one message naming the key or file
+        except (ConfigError, DatasetError, OutputError, CheckpointError, RunDirError) as e:  # one line naming it
             raise SystemExit(f"error: {e}") from None
         except StorageError as e:  # an unreachable shard server: not bad data; the message names the URL and cause
             raise SystemExit(f"error: {storage_message(e)}") from None
@@ -341,6 +358,7 @@ def train(argv: list[str] | None, stop: StopRequest, held: contextlib.ExitStack)
         cfg.train.ds_config = args.ds
     tc, dc = cfg.train, cfg.data
     run_dir = Path(tc.output_dir)
+    check_outputs(run_outputs(run_dir), run_inputs(cfg))
     cuda = torch.cuda.is_available()
     ds = read_ds_config(tc.ds_config) if tc.ds_config else None
     check_run(cfg, ds, "cuda" if cuda else "cpu")
@@ -388,7 +406,7 @@ def train(argv: list[str] | None, stop: StopRequest, held: contextlib.ExitStack)
     start = resume[1]["step"] if resume else 0
     if main_process:
         def init() -> None:
-            (run_dir / "config.json").write_text(cfg.to_json())  # the resolved configuration of this run
+            write_atomic(run_dir / "config.json", cfg.to_json())  # the resolved configuration of this run
             trim_log(run_dir / "metrics.jsonl", start)  # the steps after `start` are redone: no duplicate lines
 
         write_or_stop(run_dir / "config.json", init, run_dir)
@@ -554,8 +572,12 @@ def train(argv: list[str] | None, stop: StopRequest, held: contextlib.ExitStack)
         ckpts.save()
     if main_process:
         newest = run_dir / "checkpoints" / f"step_{state.step:08d}" / "model.safetensors"
-        write_or_stop(run_dir / "model.safetensors",
-                      lambda: shutil.copyfile(newest, run_dir / "model.safetensors"), run_dir)
+
+        def copy_weights() -> None:
+            with atomic_path(run_dir / "model.safetensors") as tmp:
+                shutil.copyfile(newest, tmp)
+
+        write_or_stop(run_dir / "model.safetensors", copy_weights, run_dir)
         metrics_file.close()
     if pairs_file:
         pairs_file.close()
