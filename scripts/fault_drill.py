@@ -10,8 +10,9 @@ run of the same configuration. Printed per drill: runs tried (training processes
 (started from a checkpoint), the largest |difference| of any trainable tensor from the uninterrupted run (0:
 bitwise) and what the drill saw (exit codes, error lines).
 
-* kill9: SIGKILL at random moments: half of them as soon as a checkpoint save has begun (its ``.tmp_step``
-  folder exists), the others after a random delay (start-up included); then a run to the end.
+* kill9: SIGKILL at random moments, three kinds in turn: as soon as a checkpoint save has begun (its
+  ``.tmp_step`` folder exists), one to three steps after the run's starting point, after a random delay from
+  the start (0.5-4 s: loading, resuming or the first steps); then a run to the end.
 * sigterm: SIGTERM once training has begun: a checkpoint at the next step boundary and exit code 75; again;
   then a run to the end.
 * dead-server: the shards are read by HTTP range requests from a server process (tests/_http_server.py,
@@ -115,21 +116,24 @@ def finish(args: list[str], run_dir: Path, logs: Path, n: int) -> Run:
 def drill_kill9(args: list[str], ref: Path, work: Path, kills: int, rng: random.Random) -> dict:
     run_dir, runs, moments = work / "run", [], []
     for k in range(kills):
-        start = steps_done(run_dir)
-        if start >= STEPS - 1:
+        if steps_done(run_dir) >= STEPS - 1:
             break  # nothing left to interrupt
         run = Run([*args, f"train.output_dir={run_dir}"], work / f"run{k}.log")
         runs.append(run)
-        moment = rng.choice(["in a save", "mid-training", "during start-up"])
-        target, delay, t0 = rng.randint(start + 1, STEPS - 1), rng.uniform(0.5, 8.0), time.time()
+        # Each kind of moment in turn; a kill one to three steps on, so that every kill of the drill lands
+        # before the end of its short run (a far target would let one run do most of the training).
+        moment = ["in a save", "mid-training", "at a random time"][k % 3]
+        ahead, delay, t0, target = rng.randint(1, 3), rng.uniform(0.5, 4.0), time.time(), None
         while run.proc.poll() is None:
-            if moment == "in a save" and list((run_dir / "checkpoints").glob(".tmp_step_*")):
+            if moment == "at a random time" and time.time() - t0 > delay:
                 break
-            trained = start == 0 or "resumed from" in run.text()  # the log is trimmed to the resume point first
-            if moment == "mid-training" and trained and steps_done(run_dir) >= target:
+            # The banner line comes after the resume: the log is trimmed and leftovers of a killed save are gone.
+            if target is None and "trainable params" in run.text():
+                target = min(steps_done(run_dir) + ahead, STEPS - 1)
+            if target is not None and moment == "in a save" and list((run_dir / "checkpoints").glob(".tmp_step_*")):
+                break
+            if target is not None and moment == "mid-training" and steps_done(run_dir) >= target:
                 time.sleep(rng.uniform(0.0, 0.05))
-                break
-            if moment == "during start-up" and time.time() - t0 > delay:
                 break
             time.sleep(0.002)
         if run.proc.poll() is not None:
@@ -138,6 +142,8 @@ def drill_kill9(args: list[str], ref: Path, work: Path, kills: int, rng: random.
         run.proc.send_signal(signal.SIGKILL)
         run.proc.wait()
         saving = bool(list((run_dir / "checkpoints").glob(".tmp_step_*")))  # a save was under way
+        if moment == "at a random time":
+            moment = f"{delay:.1f} s after the start"
         moments.append(f"{moment}{' (a save under way)' if saving and moment != 'in a save' else ''}"
                        f"{' (missed the save)' if moment == 'in a save' and not saving else ''} at step "
                        f"{steps_done(run_dir)}")
@@ -283,7 +289,7 @@ def drill_full_disk(args: list[str], ref: Path, work: Path) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--drills", default="kill9,sigterm,dead-server,full-disk")
-    p.add_argument("--kills", type=int, default=6, help="kill -9 per kill9 drill")
+    p.add_argument("--kills", type=int, default=10, help="kill -9 per kill9 drill")
     p.add_argument("--stops", type=int, default=3, help="SIGTERMs in the sigterm drill")
     p.add_argument("--seed", type=int, default=0, help="the kill moments")
     p.add_argument("--data", default="", help="shared/data (default: ../shared/data or $LORAT_SHARED)")
