@@ -418,9 +418,11 @@ def _cmd_estimate_memory(args: argparse.Namespace) -> int:
 def _add_estimate_memory(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", default="S-224", help="variant preset, e.g. g-378")
     p.add_argument("--batch", type=int, default=16, help="micro-batch per GPU")
-    # The presets live in memory.estimate.MEMORY_SAVING (not imported here: keeps --help fast).
-    p.add_argument("--memory-saving", default="none", choices=["none", "max"],
-                   help="max: every memory-saving option, most headroom (applied before the overrides)")
+    from .recipes.memory_saving import SETS
+
+    p.add_argument("--memory-saving", default="none", choices=list(SETS),
+                   help="max: every memory-saving option, most headroom (applied before the overrides; "
+                   "the sets are in lorat_scale/recipes/memory_saving.py)")
     p.add_argument("--full-depth", action="store_true",
                    help="trace every block (default for L/g: trace 2 and 4 blocks and extrapolate; same result)")
     p.add_argument("overrides", nargs="*", help="config overrides as in training, e.g. model.frozen_dtype=int8")

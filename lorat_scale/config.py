@@ -85,6 +85,10 @@ class DataConfig:
     # Sources: comma-free list of "name=path" entries or shard URL patterns (see README).
     train_sources: list[str] = field(default_factory=list)
     val_sources: list[str] = field(default_factory=list)
+    # The periodic tracking check (train.track_every_epochs): "benchmark[:seq+seq]=root" entries with a
+    # benchmark of lorat-scale evaluate (got10k_val, lasot, otb, ...), e.g. got10k_val=/data/GOT-10k or
+    # lasot:airplane-1+bird-2=/data/LaSOT (only the named sequences).
+    track_sources: list[str] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)  # per-source sampling weight (default equal)
     pairs_per_epoch: int = 131072  # training pairs per epoch (LoRAT: 131,072)
     val_pairs_per_epoch: int = 4096  # validation pairs (GOT-10k val in LoRAT)
@@ -170,6 +174,13 @@ class TrainConfig:
     wandb_project: str = "lorat_scale"  # used when log_with = "wandb"
     ds_config: str = ""  # DeepSpeed JSON (lorat-scale train --ds); "" = DDP / single process
     val_batches: int = 0  # micro-batches per rank per validation run (0 = all val_pairs_per_epoch)
+    # Tracking check: the current weights track data.track_sources every N epochs (fractions allowed) and
+    # at the end; AUC / AO / ... go to the log and metrics.jsonl (the paper: GOT-10k val every 10 epochs).
+    # 0 = off. Ranks split the sequences; the first N sequences / frames per sequence (0 = all) bound the cost.
+    track_every_epochs: float = 0.0
+    track_max_sequences: int = 0
+    track_max_frames: int = 0
+    track_batch: int = 32  # sequences advanced together in one forward (the reference's periodic test: 32)
     log_pairs: bool = False  # write each rank's pair indices/keys per step to pairs_rank{r}.jsonl (debug, tests)
 
 
@@ -307,6 +318,10 @@ def validate(cfg: Config) -> None:
         ("train.global_batch", cfg.train.global_batch >= 1, ">= 1"),
         ("train.micro_batch", cfg.train.micro_batch >= 1, ">= 1"),
         ("train.lr", cfg.train.lr > 0, "> 0"),
+        ("train.track_every_epochs", cfg.train.track_every_epochs >= 0, ">= 0"),
+        ("train.track_max_sequences", cfg.train.track_max_sequences >= 0, ">= 0"),
+        ("train.track_max_frames", cfg.train.track_max_frames >= 0, ">= 0"),
+        ("train.track_batch", cfg.train.track_batch >= 1, ">= 1"),
         ("track.window_penalty", 0.0 <= cfg.track.window_penalty <= 1.0, "in [0, 1]"),
     ]
     for key, ok, expected in checks:
