@@ -51,9 +51,10 @@ def test_quickstart_trains_through_the_module_not_a_script_path(tmp_path, monkey
 
     seen = []
     monkeypatch.setattr(quickstart.subprocess, "run", lambda cmd, **kw: seen.append(cmd))
-    quickstart._train(tmp_path / "data", tmp_path / "backbone.safetensors", tmp_path / "out", steps=2, batch=2)
+    quickstart._train(tmp_path / "data", tmp_path / "out", steps=2, batch=2)
     cmd = seen[0]
-    assert cmd[:4] == [sys.executable, "-m", "lorat_scale.train", "--variant"]
+    assert cmd[:5] == [sys.executable, "-m", "lorat_scale.train", "--recipe", "quickstart"]
+    assert "data.pairs_per_epoch=4" in cmd and "train.global_batch=2" in cmd
     assert not any(str(ROOT) in str(a) for a in cmd[1:])  # nothing of the checkout (the venv aside)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from .. import paths
 from ..config import Config, ConfigError, get_preset
 
+SEQUENCES = ("LaSOT airplane-1", "VOT bag", "VOT ball1")  # what it trains on (the sample data)
 STEPS = 150  # optimizer steps
 BATCH = 8  # pairs per step
 
