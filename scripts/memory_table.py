@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lorat_scale.memory.estimate import GiB, default_probes, estimate, resolve_config  # noqa: E402
 from lorat_scale.recipes import memory_saving  # noqa: E402
+from lorat_scale.outputs import write_atomic  # noqa: E402
 
 VARIANTS = ["B-224", "B-378", "L-224", "L-378", "g-224", "g-378"]
 # (label, overrides); the last one is --memory-saving max.
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     table = "\n".join(rows)
     text = TEMPLATE.format(batch=args.batch, table=table, max_opts=" ".join(memory_saving.SETS["max"]),
                            seconds=time.perf_counter() - t0)
-    Path(args.out).write_text(text)
+    write_atomic(args.out, text)
     print(f"wrote {args.out}")
     return 0
 

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lorat_scale.boxes import xyxy_to_xywh  # noqa: E402
 from lorat_scale.evaluation.visualize import draw_box, draw_label  # noqa: E402
+from lorat_scale.outputs import OutputError, atomic_path, check_outputs  # noqa: E402
 from lorat_scale.tracking.tracker import Tracker  # noqa: E402
 
 
@@ -125,51 +126,75 @@ def main(argv: list[str] | None = None) -> int:
     out_path = Path(args.out or (f"camera{args.video}" if is_camera else str(Path(args.video).with_suffix("")))
                     + ("" if args.out else "_tracked.mp4"))
     boxes_path = Path(args.boxes) if args.boxes else out_path.with_suffix(".txt")
+    try:  # before anything is written: no output may be one of the inputs, under any spelling or link
+        check_outputs({"--out": out_path, "--boxes": boxes_path, "--snapshot": args.snapshot},
+                      {"--video": None if is_camera else args.video, "--checkpoint": args.checkpoint,
+                       "--backbone": args.backbone})
+    except OutputError as e:
+        p.error(str(e))
     fps_in = cap.get(cv2.CAP_PROP_FPS) or 25.0
-    writer = cv2.VideoWriter(str(out_path), cv2.VideoWriter_fourcc(*"mp4v"), fps_in, (w, h))
-    if not writer.isOpened():
-        p.error(f"cannot write {out_path} (mp4v codec unavailable? try --out file.avi)")
+    announced = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if not is_camera else 0  # the container's own count
+    # Outputs are written to temporary files and renamed at the end: a crash leaves no half video.
+    with atomic_path(out_path) as video_tmp:
+        writer = cv2.VideoWriter(str(video_tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps_in, (w, h))
+        if not writer.isOpened():
+            p.error(f"cannot write {out_path} (mp4v codec unavailable? try --out file.avi)")
 
-    tracker = build_tracker(args)
-    tracker.init(cv2.cvtColor(first, cv2.COLOR_BGR2RGB), init_box)
-    print(f"video {args.video}: {w}x{h} @ {fps_in:.1f} fps; init box xyxy {np.round(init_box, 2).tolist()}; "
-          f"{args.variant} on {tracker.device} ({tracker.precision})")
-    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if not is_camera else 0
-    if args.max_frames:
-        total = min(total, args.max_frames) if total > 0 else args.max_frames
-    boxes = [init_box]
-    writer.write(draw(first, init_box, None, 0))
-    if args.snapshot and args.snapshot_frame == 0:
-        cv2.imwrite(args.snapshot, draw(first, init_box, None, 0))
-    track_s, index = 0.0, 0
-    bar = tqdm(total=total or None, initial=1, unit="frame")
-    try:
-        while not args.max_frames or index + 1 < args.max_frames:
-            ok, frame = cap.read()
-            if not ok:
-                break
-            index += 1
-            t0 = time.perf_counter()
-            box, score = tracker.track(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-            track_s += time.perf_counter() - t0
-            boxes.append(box)
-            annotated = draw(frame, box, score, index)
-            writer.write(annotated)
-            if args.snapshot and index == args.snapshot_frame:
-                cv2.imwrite(args.snapshot, annotated)
-            bar.update(1)
-            bar.set_postfix(track_fps=f"{index / track_s:.1f}")
-    except KeyboardInterrupt:
-        print("\ninterrupted: writing what was tracked so far")
-    finally:
-        bar.close()
-        cap.release()
-        writer.release()
-    np.savetxt(boxes_path, xyxy_to_xywh(np.stack(boxes)), fmt="%.3f", delimiter=",")
+        tracker = build_tracker(args)
+        tracker.init(cv2.cvtColor(first, cv2.COLOR_BGR2RGB), init_box)
+        print(f"video {args.video}: {w}x{h} @ {fps_in:.1f} fps; init box xyxy {np.round(init_box, 2).tolist()}; "
+              f"{args.variant} on {tracker.device} ({tracker.precision})")
+        total = announced
+        if args.max_frames:
+            total = min(total, args.max_frames) if total > 0 else args.max_frames
+        boxes = [init_box]
+        writer.write(draw(first, init_box, None, 0))
+        if args.snapshot and args.snapshot_frame == 0:
+            save_image(args.snapshot, draw(first, init_box, None, 0))
+        track_s, index, interrupted = 0.0, 0, False
+        bar = tqdm(total=total or None, initial=1, unit="frame")
+        try:
+            while not args.max_frames or index + 1 < args.max_frames:
+                ok, frame = cap.read()
+                if not ok:
+                    break
+                index += 1
+                t0 = time.perf_counter()
+                box, score = tracker.track(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+                track_s += time.perf_counter() - t0
+                boxes.append(box)
+                annotated = draw(frame, box, score, index)
+                writer.write(annotated)
+                if args.snapshot and index == args.snapshot_frame:
+                    save_image(args.snapshot, annotated)
+                bar.update(1)
+                bar.set_postfix(track_fps=f"{index / track_s:.1f}")
+        except KeyboardInterrupt:
+            print("\ninterrupted: writing what was tracked so far")
+            interrupted = True
+        finally:
+            bar.close()
+            cap.release()
+            writer.release()
+        with atomic_path(boxes_path) as tmp:
+            np.savetxt(tmp, xyxy_to_xywh(np.stack(boxes)), fmt="%.3f", delimiter=",")
     fps = index / track_s if track_s > 0 else float("nan")
     print(f"tracked {index} frames: {fps:.1f} fps (crop + model + post-processing, no video I/O)")
     print(f"wrote {out_path} and {boxes_path} (x,y,w,h per frame)")
+    read = index + 1
+    if announced > 0 and read < announced and not interrupted and not (args.max_frames and read >= args.max_frames):
+        # OpenCV ends a damaged or cut-off file as if it were complete: say so, and fail the command.
+        print(f"warning: {args.video}: read {read} of the {announced} frames its container announces (truncated or "
+              f"damaged file?); the outputs hold the {read} frames that could be read", file=sys.stderr)
+        return 1
     return 0
+
+
+def save_image(path: str, image_bgr: np.ndarray) -> None:
+    """cv2.imwrite through a temporary file (the format follows the extension)."""
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), image_bgr):
+            raise OSError(f"cannot write {path}: OpenCV has no encoder for its extension (use .png or .jpg)")
 
 
 if __name__ == "__main__":

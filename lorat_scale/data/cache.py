@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ..outputs import atomic_open
 from .readers import DEFAULT_SPLIT, Problem, ReadReport, get_reader
 from .sequence import Sequence
 
@@ -102,11 +103,8 @@ def cached_read(fmt: str, root: str | os.PathLike, split: str | None = None, cac
             return seqs
     rep = ReadReport()
     seqs = reader(root, split, report=rep, **kwargs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_open(path, "wb") as f:  # concurrent readers never see half a file
         save_cache(f, fp, seqs, rep)
-    os.replace(tmp, path)  # atomic: concurrent readers never see half a file
     _merge(report, rep)
     return seqs
 

@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from ..outputs import atomic_open, atomic_path, write_atomic
 from .sequence import BadImageError, Sequence
 from .storage import RangeReader, RetryPolicy, StorageError, is_url, join_url
 
@@ -315,10 +316,7 @@ def _decode_image(sample: dict, meta: dict, where: str, check: bool) -> list[Seq
 # ------------------------------------------------------------------------------------------
 def write_manifest(path: str | os.PathLike, manifest: dict[str, Any]) -> None:
     """Write the manifest atomically (a crash never leaves half a JSON)."""
-    path = Path(path)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(manifest, indent=1))
 
 
 def _manifest_location(path: str | os.PathLike) -> str:
@@ -445,10 +443,15 @@ def sidecar_name(shard_name: str) -> str:
 
 
 def write_shard(path: str, items: list[Item]) -> dict[str, Any]:
-    """Write one shard (via ``<path>.partial`` then rename) and its member-offset sidecar; return its stats."""
+    """Write one shard (to a temporary file, then renamed) and its member-offset sidecar; return its stats."""
+    with atomic_path(path) as tmp:
+        return _write_shard_file(str(tmp), path, items)
+
+
+def _write_shard_file(tmp: str, path: str, items: list[Item]) -> dict[str, Any]:
+    """The shard's tar at ``tmp`` (renamed to ``path`` by the caller) and its sidecar beside ``path``."""
     import webdataset as wds
 
-    tmp = path + ".partial"
     missing: list[str] = []
     records = frames = items_out = 0
     names = set()
@@ -487,16 +490,14 @@ def write_shard(path: str, items: list[Item]) -> dict[str, Any]:
             "nbytes": np.array([where[r[2]][1] for r in rows], np.int64),
             "crc32": np.array([r[3] for r in rows], np.uint32)}
     side_path = os.path.join(os.path.dirname(path), sidecar_name(os.path.basename(path)))
-    with open(side_path + ".partial", "wb") as f:
+    with atomic_open(side_path, "wb") as f:
         np.savez(f, **side)
-    os.replace(side_path + ".partial", side_path)
     # Verify the write: the file read back must hash as the bytes handed to it (a disk or NFS fault would not).
     sha = file_sha256(tmp)
     if sha != hw.sha.hexdigest():
         raise OSError(f"{tmp}: the bytes read back differ from those written (disk or file system fault); rerun")
-    os.replace(tmp, path)
     return {"records": records, "items": items_out, "frames": frames, "sequences": len(names),
-            "bytes": os.path.getsize(path), "sha256": sha, "missing_frames": missing[:20],
+            "bytes": os.path.getsize(tmp), "sha256": sha, "missing_frames": missing[:20],
             "num_missing": len(missing)}
 
 
@@ -539,7 +540,7 @@ def make_shards(seqs: list[Sequence], out: str | os.PathLike, source: dict[str, 
     ``readers`` (``"64x8x4"`` or a number): the most readers that will stream these shards; at least that many
     shards are written (as many as there are records, if fewer). A shard recorded as done is kept only if
     its file still has the recorded size and sha256 and its sidecar index exists; every other shard (never
-    started, left as ``.partial`` by a crash, or damaged since) is (re)written, byte-identically.
+    started, left unfinished by a crash, or damaged since) is (re)written, byte-identically.
     """
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -671,10 +672,8 @@ def write_index(out: Path, seqs: list[Sequence], manifest: dict[str, Any]) -> di
         "valid": valid[sel], "frame_wh": frame_wh[sel],
         "shard": shard[sel], "offset": offset[sel], "nbytes": nbytes[sel], "crc32": crc[sel],
     }
-    tmp = out / (INDEX + ".partial")
-    with open(tmp, "wb") as f:
+    with atomic_open(out / INDEX, "wb") as f:
         np.savez(f, **arrays)
-    os.replace(tmp, out / INDEX)
     return {"file": INDEX, "sha256": file_sha256(out / INDEX), "sequences": len(kept), "frames": int(len(sel)),
             "valid_frames": int(valid[sel].sum()), "stored_frames": int((shard[sel] >= 0).sum())}
 

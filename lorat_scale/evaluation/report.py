@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..outputs import atomic_path, write_atomic
 from .metrics import Summary
 
 METRICS = ("AUC", "P", "P_norm", "OP50", "OP75", "AO", "SR0.5", "SR0.75")
@@ -126,20 +127,19 @@ def plot_curves(summaries: list[Summary], out_dir: str | Path, suffix: str = "",
         fig.text(0.01, 0.005, conv, fontsize=5.5, color="0.35", ha="left", va="bottom")
         fig.tight_layout(rect=(0, 0.03, 1, 1))
         p = out_dir / f"{key}{suffix}.png"
-        fig.savefig(p)
+        with atomic_path(p) as tmp:
+            fig.savefig(tmp)
         paths.append(p)
     return paths
 
 
 def write_report(summaries: list[Summary], out_dir: str | Path, title: str = "") -> dict[str, Path]:
     """report.md, report.csv and the plots (one set per convention) in ``out_dir``."""
-    from .results import atomic_write
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     md, cs = out_dir / "report.md", out_dir / "report.csv"
-    atomic_write(md, (f"# {title}\n\n" if title else "") + markdown_table(summaries))
-    atomic_write(cs, csv_table(summaries))
+    write_atomic(md, (f"# {title}\n\n" if title else "") + markdown_table(summaries))
+    write_atomic(cs, csv_table(summaries))
     files: dict[str, Path] = {"markdown": md, "csv": cs}
     convs = list(dict.fromkeys(s.convention.name for s in summaries))
     styles = line_styles(summaries)  # one style per tracker in every plot of the report

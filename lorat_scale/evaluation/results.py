@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..boxes import xyxy_to_xywh
+from ..outputs import atomic_path, write_atomic
 
 _SEP = re.compile(r"[,\s]+")
 RECORD = "lorat_run.json"
@@ -71,14 +71,6 @@ def read_boxes_txt(path: str | Path, ncols: int = 4) -> np.ndarray:
         except ValueError:
             raise ResultFileError(f"{path}:{lineno}: not a number in {s!r}, expected {ncols} numbers") from None
     return np.asarray(rows, dtype=np.float64).reshape(-1, ncols)
-
-
-def atomic_write(path: Path, data: str) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(data)
-    os.replace(tmp, path)
 
 
 def format_boxes(boxes_xywh: np.ndarray, fmt: str = "%.4f", delimiter: str = "\t") -> str:
@@ -131,8 +123,8 @@ def write_sequence_result(path: str | Path, boxes_xyxy: np.ndarray, times: np.nd
     if times is not None:
         buf = io.StringIO()
         np.savetxt(buf, np.asarray(times, dtype=np.float64).reshape(-1), fmt="%.6f")
-        atomic_write(path.with_name(path.stem + "_time.txt"), buf.getvalue())
-    atomic_write(path, format_boxes(b))  # last: its presence marks the sequence as done
+        write_atomic(path.with_name(path.stem + "_time.txt"), buf.getvalue())
+    write_atomic(path, format_boxes(b))  # last: its presence marks the sequence as done
 
 
 def read_sequence_result(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
@@ -210,7 +202,7 @@ def claim_run_folder(run_dir: str | Path, record: RunRecord) -> None:
     if run_dir.is_dir() and next(run_dir.glob("*.txt"), None) is not None:
         raise ResultFileError(f"{run_dir} holds result files but no {RECORD}, so what produced them is unknown; "
                               "pass another --param or --tracker-name, or delete that folder")
-    atomic_write(run_dir / RECORD, record.to_json())
+    write_atomic(run_dir / RECORD, record.to_json())
 
 
 # ------------------------------------------------------------------------------ submission zips
@@ -229,9 +221,7 @@ def write_got10k_zip(zip_path: str | Path, runs: list[dict[str, tuple[np.ndarray
     ``runs[k][seq] = (boxes_xywh, times)``; the time file is that of the first run.
     """
     zip_path = Path(zip_path)
-    zip_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = zip_path.with_name(f".{zip_path.name}.{os.getpid()}.tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+    with atomic_path(zip_path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         for k, run in enumerate(runs):
             for seq, (boxes, times) in sorted(run.items()):
                 xywh = _rasterized_xywh(boxes) if rasterize else np.asarray(boxes)
@@ -241,18 +231,14 @@ def write_got10k_zip(zip_path: str | Path, runs: list[dict[str, tuple[np.ndarray
                     buf = io.StringIO()
                     np.savetxt(buf, t.reshape(-1), fmt="%.8f")
                     zf.writestr(f"{seq}/{seq}_time.txt", buf.getvalue())
-    os.replace(tmp, zip_path)
     return zip_path
 
 
 def write_trackingnet_zip(zip_path: str | Path, run: dict[str, np.ndarray], rasterize: bool = True) -> Path:
     """TrackingNet test submission: ``<seq>.txt`` (x,y,w,h) at the zip root."""
     zip_path = Path(zip_path)
-    zip_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = zip_path.with_name(f".{zip_path.name}.{os.getpid()}.tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+    with atomic_path(zip_path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         for seq, boxes in sorted(run.items()):
             xywh = _rasterized_xywh(boxes) if rasterize else np.asarray(boxes)
             zf.writestr(f"{seq}.txt", format_boxes(xywh, "%d" if rasterize else "%.2f", ","))
-    os.replace(tmp, zip_path)
     return zip_path

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from ..data.sequence import Sequence
+from ..outputs import atomic_path
 
 # RGB colours: ground truth white, then one colour per tracker in order.
 GT_COLOUR = (255, 255, 255)
@@ -59,5 +60,6 @@ def write_tracking_gif(seq: Sequence, boxes: dict[str, np.ndarray], path: str | 
         for k, name in enumerate(boxes):
             draw_label(frame, name, k + 1, COLOURS[k % len(COLOURS)])
         images.append(Image.fromarray(frame))
-    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0, optimize=False)
+    with atomic_path(path) as tmp:
+        images[0].save(tmp, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0, optimize=False)
     return path

@@ -26,6 +26,7 @@ from torch import nn
 
 from ..config import Config
 from ..models import LoRAT
+from ..outputs import atomic_path
 
 INPUT_NAMES = ["template", "search", "template_mask"]
 OUTPUT_NAMES = ["score_map", "boxes"]
@@ -83,8 +84,17 @@ def export_onnx(
         raise ValueError("export the merged model: pass merge_for_inference(model), not the LoRA training model")
     if model.compute_dtype != torch.float32:
         raise ValueError(f"export needs fp32 weights; the model stores {model.compute_dtype} (model.frozen_dtype)")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if exporter not in ("torchscript", "dynamo"):
+        raise ValueError(f"exporter must be 'torchscript' or 'dynamo', got {exporter!r}")
+    # Exported beside a temporary name and renamed when complete (with its external-data files, if any).
+    with atomic_path(path) as tmp:
+        _export(model, tmp, opset, dynamic_batch, exporter)
+        _add_metadata(tmp, model, config)
+    return Path(path)
+
+
+def _export(model: LoRAT, path: Path, opset: int, dynamic_batch: bool, exporter: str) -> None:
+    """torch.onnx.export of the wrapped model to ``path``."""
     wrapped = _TupleOutputs(model.eval().cpu()).eval()
     args = example_inputs(model, batch=2)
     if exporter == "torchscript":
@@ -96,7 +106,7 @@ def export_onnx(
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(wrapped, args, str(path), dynamo=False, input_names=INPUT_NAMES,
                               output_names=OUTPUT_NAMES, dynamic_axes=axes, opset_version=opset)
-    elif exporter == "dynamo":
+    else:
         shapes = None
         if dynamic_batch:
             b = torch.export.Dim("batch", min=1, max=4096)
@@ -105,10 +115,6 @@ def export_onnx(
             torch.onnx.export(wrapped, args, str(path), dynamo=True, input_names=INPUT_NAMES,
                               output_names=OUTPUT_NAMES, dynamic_shapes=shapes, opset_version=max(opset, 18),
                               verbose=False)
-    else:
-        raise ValueError(f"exporter must be 'torchscript' or 'dynamo', got {exporter!r}")
-    _add_metadata(path, model, config)
-    return path
 
 
 def _add_metadata(path: Path, model: LoRAT, config: Config | None) -> None:

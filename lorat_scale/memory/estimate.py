@@ -85,7 +85,9 @@ def resolve_config(variant: str, batch: int, overrides: list[str] | None = None,
     """The training config for ``variant`` with a memory-saving set (``recipes/memory_saving.py``), then ``overrides``."""
     if memory_saving not in SETS:
         raise ValueError(f"--memory-saving {memory_saving!r}: expected one of {list(SETS)}")
-    return load_config(variant, [*SETS[memory_saving], f"train.micro_batch={batch}", *(overrides or [])])
+    # One micro-batch per step unless the overrides say otherwise (memory does not depend on accumulation).
+    return load_config(variant, [*SETS[memory_saving], f"train.micro_batch={batch}",
+                                 f"train.global_batch={batch}", *(overrides or [])])
 
 
 # ---------------------------------------------------------------------------------------------

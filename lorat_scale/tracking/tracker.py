@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..boxes import cell_mask, xywh_to_xyxy
-from ..config import Config, ConfigError, apply_overrides, get_preset, validate
+from ..config import Config, ConfigError, apply_overrides, config_from_dict, get_preset, validate
 from ..models import LoRAT, build_model, merge_for_inference
 from .postprocess import postprocess
 
@@ -59,10 +59,10 @@ def resolve_config(
             meta = read_metadata(checkpoint)
         except Exception:  # torch .pth checkpoints carry no safetensors header
             meta = {}
-    if config is None:
-        config = get_preset(variant or meta.get("variant") or "S-224")
-        for k, v in model_config_from_meta(meta).items():
-            setattr(config.model, k, v)
+    if config is None:  # the preset with the checkpoint's recorded LoRA fields, checked like any config
+        source = f"checkpoint {checkpoint}" if checkpoint else "config"
+        config = config_from_dict({"variant": variant or meta.get("variant") or "S-224",
+                                   "model": model_config_from_meta(meta, source)}, source)
     apply_overrides(config, overrides or [])
     validate(config)
     if backbone:

@@ -45,6 +45,7 @@ from ..data.storage import RetryPolicy
 from ..data.stream_pairs import ShardPairDataset
 from ..models import build_model
 from ..models.weights import load_trainable, save_trainable
+from ..outputs import OutputError, atomic_path, check_outputs, write_atomic
 from .distributed import DDP_KWARGS, accumulation_steps, check_run, fill_ds_config, read_ds_config, zero_stage
 from .optim import build_optimizer, build_scheduler, peak_lr, steps_per_epoch
 from .loss import lorat_loss
@@ -142,6 +143,22 @@ def build_dataset(entries: list[str], dc, mc, micro: int, rank: int, world: int,
                                 batch_size=micro, pairs_per_epoch=pairs_per_epoch, patch_size=mc.patch_size)
     return PairDataset(load_sources(entries, dc.on_bad_sample, verbose=rank == 0, dc=dc), dc, mc.template_size,
                        mc.search_size, pairs_per_epoch=pairs_per_epoch, rank=rank, world_size=world, patch_size=mc.patch_size)
+
+
+def run_outputs(run_dir: Path) -> dict[str, Path]:
+    """What a run writes in ``train.output_dir`` (checked against the run's inputs before it starts)."""
+    return {f"train.output_dir's {name}": run_dir / name
+            for name in ("config.json", "metrics.jsonl", "model.safetensors", "checkpoints", "logs")}
+
+
+def run_inputs(cfg: Config) -> dict[str, str]:
+    """The files and folders a run reads: source roots and shard folders, backbone weights, DeepSpeed JSON."""
+    found = {"model.backbone_weights": cfg.model.backbone_weights, "train.ds_config": cfg.train.ds_config}
+    for key in ("train_sources", "val_sources"):
+        for entry in getattr(cfg.data, key):
+            where = entry.split("=", 1)[-1]  # format[:split]=ROOT or shards=FOLDER[::BASE_URL]
+            found[f"data.{key} entry {entry}"] = where.split("::")[0] if entry.startswith("shards=") else where
+    return found
 
 
 # ----------------------------------------------------------------------------------------------
@@ -257,7 +274,7 @@ def dump_nonfinite(ckpts: Checkpoints, step_batches: list[dict], parts: list[dic
     report = {"step": state.step, "epoch": epoch, "rank": acc.process_index, "world_size": acc.num_processes,
               "keys": [k for b in step_batches for k in b["key"]],
               "loss_parts": [{k: float(v) for k, v in p.items()} for p in parts]}
-    (out / f"batch_rank{acc.process_index}.json").write_text(json.dumps(report, indent=1))
+    write_atomic(out / f"batch_rank{acc.process_index}.json", json.dumps(report, indent=1))
     ckpts.save_weights(out / "trainable.safetensors")
     acc.wait_for_everyone()
     return out
@@ -309,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run (or resume) a training run; returns 0 on success, exits with a one-line error on bad options or data."""
     try:
         return train(argv)
-    except (ConfigError, DatasetError) as e:  # bad configuration or data: one line naming the key or file
+    except (ConfigError, DatasetError, OutputError) as e:  # bad configuration, data or output: one line naming it
         raise SystemExit(f"error: {e}") from None
 
 
@@ -324,6 +341,7 @@ def train(argv: list[str] | None = None) -> int:
         cfg.train.ds_config = args.ds
     tc, dc = cfg.train, cfg.data
     run_dir = Path(tc.output_dir)
+    check_outputs(run_outputs(run_dir), run_inputs(cfg))
     cuda = torch.cuda.is_available()
     ds = read_ds_config(tc.ds_config) if tc.ds_config else None
     check_run(cfg, ds, "cuda" if cuda else "cpu")
@@ -365,7 +383,7 @@ def train(argv: list[str] | None = None) -> int:
     set_seed(tc.seed, device_specific=True)  # dropout / drop-path differ per rank, reproducibly
     if main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(cfg.to_json())  # the resolved configuration of this run
+        write_atomic(run_dir / "config.json", cfg.to_json())  # the resolved configuration of this run
 
     # ------------------------------------------------------------------------------------------
     # Model, data, optimizer, schedule
@@ -531,7 +549,8 @@ def train(argv: list[str] | None = None) -> int:
     if track_sets:
         track_check()
     if main_process:
-        shutil.copyfile(complete_checkpoints(run_dir)[-1] / "model.safetensors", run_dir / "model.safetensors")
+        with atomic_path(run_dir / "model.safetensors") as tmp:
+            shutil.copyfile(complete_checkpoints(run_dir)[-1] / "model.safetensors", tmp)
         metrics_file.close()
     if pairs_file:
         pairs_file.close()
