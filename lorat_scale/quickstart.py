@@ -74,7 +74,7 @@ def _verdict(scores: dict[str, dict[str, float]], seen: bool) -> str:
         return (f"held out: AUC {t:.1f} vs {u:.1f} (untrained head) and {s:.1f} (stay at the first box): "
                 "some of what it learned carries over to an unseen sequence")
     return (f"held out: AUC {t:.1f} vs {u:.1f} (untrained head) and {s:.1f} (stay at the first box): minutes of "
-            "training on two sequences do not make a general tracker; that takes the paper's data "
+            "training on three short sequences do not make a general tracker; that takes the paper's data "
             "(lorat_scale/recipes/paper.py)")
 
 
