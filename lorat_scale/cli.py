@@ -39,14 +39,18 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     """Fine-tune S-224 on the sample data, track its sequences, print metrics and the report."""
     from .quickstart import run_quickstart
 
-    return run_quickstart(data=args.data, out=args.out, steps=args.steps, batch=args.batch)
+    from .recipes import quickstart as recipe
+
+    return run_quickstart(data=args.data, out=args.out, steps=args.steps or recipe.STEPS,
+                          batch=args.batch or recipe.BATCH)
 
 
 def _add_quickstart(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="", help="shared/data folder (default: ../shared/data or $LORAT_SHARED)")
     p.add_argument("--out", default="runs/quickstart", help="run folder (training, results, report)")
-    p.add_argument("--steps", type=int, default=100, help="optimizer steps of the fine-tuning")
-    p.add_argument("--batch", type=int, default=8, help="pairs per step")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps of the fine-tuning (default: the "
+                   "quickstart recipe's, 150)")
+    p.add_argument("--batch", type=int, default=None, help="pairs per step (default: the recipe's, 8)")
 
 
 def _cmd_convert_checkpoint(args: argparse.Namespace) -> int:

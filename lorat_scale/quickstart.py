@@ -152,7 +152,7 @@ def run_quickstart(data: str = "", out: str = "runs/quickstart", steps: int = re
                "total": (time.perf_counter() - t_start) / 60}
     lines += ["", "Time: " + ", ".join(f"{k} {v:.1f} min" for k, v in minutes.items())]
     write_atomic(report_dir / "README.md", "\n".join(lines) + "\n")
-    print(f"\nannotated GIFs (trained tracker green, untrained head red, ground truth white): "
+    print("\nannotated GIFs (trained tracker green, untrained head red, ground truth white): "
           + ", ".join(str(g) for g in gifs))
     print(f"report: {report_dir / 'README.md'}; TensorBoard logs: {out_dir / 'train' / 'logs'}; checkpoint: {ckpt}")
     print("time: " + ", ".join(f"{k} {v:.1f} min" for k, v in minutes.items()))
