@@ -27,7 +27,10 @@ from lorat_scale.data.readers import (AnnotationError, DatasetError, FrameError,
 from lorat_scale.data.sequence import BadImageError
 
 FRAME = "lasot/airplane/airplane-1/img/00000050.jpg"
-RAISE, SKIP = DataConfig(on_bad_sample="raise", seed=1), DataConfig(on_bad_sample="skip", seed=1)
+# Whole-frame decoding: damage anywhere in a frame is found (region decoding, the default, sees only the rows its
+# crops read: tests/test_region_decode.py).
+RAISE = DataConfig(on_bad_sample="raise", seed=1, region_decode=False)
+SKIP = DataConfig(on_bad_sample="skip", seed=1, region_decode=False)
 
 
 def corrupt_jpeg(data: bytes, n: int = 200) -> bytes:

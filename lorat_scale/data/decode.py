@@ -14,13 +14,22 @@ Pillow raises on truncated or undecodable data of every format (``LOAD_TRUNCATED
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import io
+import logging
+import os
+from pathlib import Path
 
 import numpy as np
 import simplejpeg
 from PIL import Image
 
-__all__ = ["decode_image", "decode_image_pil", "decode_image_reduced", "image_size", "read_frame"]
+__all__ = ["decode_image", "decode_image_pil", "decode_image_reduced", "decode_region", "region_decoding",
+           "image_size", "read_frame"]
+
+log = logging.getLogger(__name__)
 
 # Colour spaces whose RGB conversion matches Pillow's (CMYK/YCCK conversions differ: Pillow converts those).
 _SIMPLE_SPACES = ("YCbCr", "Gray", "RGB")
@@ -108,3 +117,98 @@ def decode_image_reduced(data: bytes | bytearray | memoryview, scale: float) -> 
         if img.shape[1] == -(-w * k // 8) and img.shape[0] == -(-h * k // 8):
             return img, k / 8
     return decode_image(data), 1.0  # an unexpected size: fall back to the exact decode
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Region decoding: only the rows and columns a crop reads, bit-identical to the full decode there.
+# --------------------------------------------------------------------------------------------------------------
+_LIBJPEG_FUNCTIONS = ("jpeg_std_error", "jpeg_CreateDecompress", "jpeg_destroy_decompress", "jpeg_mem_src",
+                      "jpeg_read_header", "jpeg_start_decompress", "jpeg_crop_scanline", "jpeg_skip_scanlines",
+                      "jpeg_read_scanlines")
+
+
+def _libjpeg_candidates() -> list[str]:
+    """libjpeg-turbo libraries to try: $LORAT_LIBJPEG, the one Pillow's wheels bundle, then the system's."""
+    import PIL
+
+    pil = Path(PIL.__file__).parent
+    found = [os.environ.get("LORAT_LIBJPEG", "")]
+    found += sorted(str(p) for p in (pil.parent / "pillow.libs").glob("libjpeg*.so*"))  # Linux wheels
+    found += sorted(str(p) for p in (pil / ".dylibs").glob("libjpeg*.dylib"))  # macOS wheels
+    found.append(ctypes.util.find_library("jpeg") or "")
+    return [f for f in found if f]
+
+
+def _self_test(decode) -> str | None:
+    """None if region decodes of a test image equal the full decode's pixels (simplejpeg), else what differs."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:72, 0:100]
+    img = np.stack([xx * 2, yy * 3, (xx + yy) % 256], -1).astype(np.int16) + rng.integers(-40, 40, (72, 100, 3))
+    for sub in ("420", "422", "444", "Gray"):
+        src = np.clip(img, 0, 255).astype(np.uint8)
+        data = simplejpeg.encode_jpeg(np.ascontiguousarray(src[..., :1]) if sub == "Gray" else src, 90,
+                                      colorspace="GRAY" if sub == "Gray" else "RGB", colorsubsampling=sub.lower())
+        full = decode_image(data)
+        for box in ((0, 0, 100, 72), (1, 3, 37, 50), (16, 16, 33, 17), (40, 20, 100, 72), (99, 71, 100, 72)):
+            if not np.array_equal(decode(data, box), full[box[1]:box[3], box[0]:box[2]]):
+                return f"{sub} region {box} differs from the full decode"
+    return None
+
+
+@functools.cache
+def _region_decoder():
+    """(decode(data, box) function, None) if region decoding works here, else (None, why not). Loaded once."""
+    try:
+        from lorat_scale.data import _jpeg_region
+    except ImportError as e:
+        return None, f"the _jpeg_region extension was not built ({e}; it needs a C compiler at install time)"
+    why = "no libjpeg-turbo library found (Pillow's wheels bundle one; or set LORAT_LIBJPEG)"
+    for path in _libjpeg_candidates():
+        try:
+            lib = ctypes.CDLL(path)
+            addrs = tuple(ctypes.cast(getattr(lib, f), ctypes.c_void_p).value for f in _LIBJPEG_FUNCTIONS)
+            _jpeg_region.init(addrs)
+        except (OSError, AttributeError) as e:  # not loadable, not libjpeg-turbo >= 1.5, or ABI not stated
+            why = f"{path}: {e}"
+            continue
+
+        def decode(data: bytes | bytearray | memoryview, box: tuple[int, int, int, int]) -> np.ndarray:
+            """Pixels [y0:y1, x0:x1] of a YCbCr/RGB/Gray JPEG; ValueError from libjpeg if the data is corrupt."""
+            h, w, space, _ = simplejpeg.decode_jpeg_header(data)
+            x0, y0, x1, y1 = box
+            ch = 1 if space == "Gray" else 3
+            out = np.empty((y1 - y0, x1 - x0, ch), np.uint8)
+            _jpeg_region.decode(data, w, x0, y0, x1, y1, ch, out)
+            return np.repeat(out, 3, axis=2) if ch == 1 else out  # gray -> RGB replicates, as libjpeg does
+
+        problem = _self_test(decode)
+        if problem is None:
+            log.debug("region decoding with %s", path)
+            return decode, None
+        why = f"{path}: {problem}"
+    return None, why
+
+
+def region_decoding() -> str | None:
+    """None if ``decode_region`` decodes regions only (else it decodes whole frames): the reason why not."""
+    return _region_decoder()[1]
+
+
+def decode_region(data: bytes | bytearray | memoryview, box: tuple[int, int, int, int]) -> np.ndarray:
+    """``decode_image(data)[y0:y1, x0:x1]`` for the integer ``box`` (x0, y0, x1, y1), decoding only what it needs.
+
+    JPEGs are decoded with libjpeg-turbo's partial decoding: rows above ``y0`` are skipped (entropy-decoded only),
+    columns outside ``[x0, x1)`` are not transformed, and decoding stops after row ``y1 - 1``. The pixels are the
+    full decode's, bit for bit (checked on a test image when the decoder loads). Strict like ``decode_image`` for
+    the data it reads; damage below the region is not seen (``lorat-scale check --decode`` finds it). Other
+    formats, CMYK JPEGs, and machines without the decoder (``region_decoding()`` says why) decode the whole frame.
+    """
+    decode, _ = _region_decoder()
+    if decode is not None and len(data) > 3 and data[0] == 0xFF and data[1] == 0xD8:
+        try:
+            if simplejpeg.decode_jpeg_header(data)[2] in _SIMPLE_SPACES:
+                return decode(data, box)
+        except ValueError as e:
+            raise OSError(f"corrupt JPEG data ({e})") from e
+    x0, y0, x1, y1 = box
+    return decode_image(data)[y0:y1, x0:x1]
