@@ -157,6 +157,9 @@ class DataConfig:
     # pixels as the full decode, bit for bit. Crops that need padding (the frame's mean colour) decode the whole
     # frame; without the decoder (decode.region_decoding() says why) every frame is decoded whole.
     region_decode: bool = True
+    # libjpeg-turbo's fast integer IDCT and fast chroma upsampling for frames decoded whole or reduced (region
+    # decodes stay accurate). Not bit-exact (scripts/bench_data.py prints the largest pixel difference).
+    fast_jpeg: bool = False
     # Reading shards over the network or a parallel file system: retries of a failed read (>= 0), the first
     # backoff in seconds (> 0; doubles per retry, capped at 30 s) and the connect/read timeout in seconds (> 0).
     io_retries: Count0 = 5

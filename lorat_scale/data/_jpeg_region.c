@@ -12,7 +12,8 @@
  * Exactness: decoding the columns [x0 - 1, x1 + 1) (widened to the iMCU grid by libjpeg) and skipping the rows
  * above y0 gives, inside [x0, x1) x [y0, y1), the very bytes of the full decode (the one extra column on each
  * side gives the fancy upsampler its real neighbours); decode.py checks that on a test image when it loads.
- * Decoding stops after row y1 - 1: rows below the region are not entropy-decoded at all.
+ * Decoding stops after row y1 - 1: rows below the region are not entropy-decoded at all (a region down to the
+ * last row reads on to the end marker, as the full decode does).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -58,6 +59,7 @@ static struct {
     void (*crop_scanline)(void *, jdim *, jdim *);
     jdim (*skip_scanlines)(void *, jdim);
     jdim (*read_scanlines)(void *, unsigned char **, jdim);
+    int (*finish_decompress)(void *);
 } lib;
 static int lib_version = 0;      /* JPEG_LIB_VERSION of the library (62, 70 or 80) */
 static size_t struct_size = 0;   /* sizeof(struct jpeg_decompress_struct) in the library */
@@ -98,12 +100,13 @@ static int probe(int version) {
     return found;
 }
 
-/* init(addresses): the nine function addresses; returns (lib_version, struct_size) as the library states them. */
+/* init(addresses): the ten function addresses; returns (lib_version, struct_size) as the library states them. */
 static PyObject *init(PyObject *self, PyObject *args) {
-    unsigned long long a[9];
-    if (!PyArg_ParseTuple(args, "(KKKKKKKKK)", &a[0], &a[1], &a[2], &a[3], &a[4], &a[5], &a[6], &a[7], &a[8]))
+    unsigned long long a[10];
+    if (!PyArg_ParseTuple(args, "(KKKKKKKKKK)", &a[0], &a[1], &a[2], &a[3], &a[4], &a[5], &a[6], &a[7], &a[8],
+                          &a[9]))
         return NULL;
-    for (int k = 0; k < 9; k++)
+    for (int k = 0; k < 10; k++)
         if (!a[k]) { PyErr_SetString(PyExc_ValueError, "null function address"); return NULL; }
     lib.std_error = (void *)(uintptr_t)a[0];
     lib.create_decompress = (void *)(uintptr_t)a[1];
@@ -114,6 +117,7 @@ static PyObject *init(PyObject *self, PyObject *args) {
     lib.crop_scanline = (void *)(uintptr_t)a[6];
     lib.skip_scanlines = (void *)(uintptr_t)a[7];
     lib.read_scanlines = (void *)(uintptr_t)a[8];
+    lib.finish_decompress = (void *)(uintptr_t)a[9];
     /* jpeg_CreateDecompress checks the caller's version, then the struct size, and names the library's own
        value in msg_parm.i[0] of its error. Version -1 and size 0 are never right, so each call reports one. */
     int version = probe(-1), size = version > 0 ? probe(version) : 0;
@@ -131,7 +135,7 @@ static PyObject *init(PyObject *self, PyObject *args) {
 }
 
 /* The region decode proper, GIL released. Returns NULL on success, else the error message (in e->msg). */
-static const char *decode_rows(const Py_buffer *src, int width, int x0, int y0, int x1, int y1, int ch,
+static const char *decode_rows(const Py_buffer *src, int width, int height, int x0, int y0, int x1, int y1, int ch,
                                unsigned char *out, err_ctx *e) {
     /* One more column each side (the upsampler's neighbours); libjpeg widens further to its iMCU grid. */
     jdim cx = (jdim)(x0 > 0 ? x0 - 1 : 0), cw = (jdim)(x1 < width ? x1 + 1 : width) - cx;
@@ -164,6 +168,9 @@ static const char *decode_rows(const Py_buffer *src, int width, int x0, int y0, 
                     }
                     memcpy(out + (size_t)y * n, r + off, n);
                 }
+                /* A region down to the last row reads on to the end of the image, as the full decode does:
+                   corrupt entropy-coded data that libjpeg only notices at the end marker is an error here too. */
+                if (!err && y1 == height) lib.finish_decompress(cinfo);
             }
         }
     }
@@ -173,26 +180,26 @@ static const char *decode_rows(const Py_buffer *src, int width, int x0, int y0, 
     return err;
 }
 
-/* decode(data, width, x0, y0, x1, y1, channels, out): rows [y0, y1) x columns [x0, x1) of a JPEG whose full width
-   is `width`, written into `out` (a writable C-contiguous buffer of (y1-y0)*(x1-x0)*channels bytes). */
+/* decode(data, width, height, x0, y0, x1, y1, channels, out): rows [y0, y1) x columns [x0, x1) of a JPEG whose full
+   size is `width` x `height`, written into `out` (a writable C-contiguous buffer of (y1-y0)*(x1-x0)*channels bytes). */
 static PyObject *decode(PyObject *self, PyObject *args) {
     Py_buffer src, dst;
-    int width, x0, y0, x1, y1, ch;
+    int width, height, x0, y0, x1, y1, ch;
     if (!struct_size) {
         PyErr_SetString(PyExc_RuntimeError, "init() was not called");
         return NULL;
     }
-    if (!PyArg_ParseTuple(args, "y*iiiiiiw*", &src, &width, &x0, &y0, &x1, &y1, &ch, &dst)) return NULL;
+    if (!PyArg_ParseTuple(args, "y*iiiiiiiw*", &src, &width, &height, &x0, &y0, &x1, &y1, &ch, &dst)) return NULL;
     const char *err = NULL;
     err_ctx e;
-    if (x0 < 0 || y0 < 0 || x1 <= x0 || y1 <= y0 || x1 > width || (ch != 1 && ch != 3)) {
+    if (x0 < 0 || y0 < 0 || x1 <= x0 || y1 <= y0 || x1 > width || y1 > height || (ch != 1 && ch != 3)) {
         PyErr_Format(PyExc_ValueError, "bad region [%d, %d) x [%d, %d) of width %d, %d channels", x0, x1, y0, y1,
                      width, ch);
     } else if (!PyBuffer_IsContiguous(&dst, 'C') || dst.len < (Py_ssize_t)(x1 - x0) * (y1 - y0) * ch) {
         PyErr_SetString(PyExc_ValueError, "output buffer too small or not contiguous");
     } else {
         Py_BEGIN_ALLOW_THREADS
-        err = decode_rows(&src, width, x0, y0, x1, y1, ch, (unsigned char *)dst.buf, &e);
+        err = decode_rows(&src, width, height, x0, y0, x1, y1, ch, (unsigned char *)dst.buf, &e);
         Py_END_ALLOW_THREADS
         if (err) PyErr_SetString(PyExc_ValueError, err);
     }
@@ -205,7 +212,7 @@ static PyObject *decode(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"init", init, METH_VARARGS, "init(addresses) -> (lib_version, struct_size): the libjpeg-turbo functions to use."},
     {"decode", decode, METH_VARARGS,
-     "decode(data, width, x0, y0, x1, y1, channels, out): rows [y0, y1) x columns [x0, x1) of a JPEG into out."},
+     "decode(data, width, height, x0, y0, x1, y1, channels, out): rows [y0, y1) x columns [x0, x1) of a JPEG into out."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_jpeg_region",

@@ -42,13 +42,17 @@ def decode_image_pil(data: bytes) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
-def decode_image(data: bytes | bytearray | memoryview) -> np.ndarray:
-    """Decode encoded image bytes to uint8 HWC RGB; ``OSError`` if they are not a complete, valid image."""
+def decode_image(data: bytes | bytearray | memoryview, fast: bool = False) -> np.ndarray:
+    """Decode encoded image bytes to uint8 HWC RGB; ``OSError`` if they are not a complete, valid image.
+
+    ``fast``: libjpeg-turbo's fast integer IDCT and fast (non-"fancy") chroma upsampling for JPEGs, not bit-exact
+    (``DataConfig.fast_jpeg``; scripts/bench_data.py measures its pixel difference and speed-up).
+    """
     if len(data) > 3 and data[0] == 0xFF and data[1] == 0xD8:
         try:
             # EXIF rotation is ignored, as Pillow's plain open/convert does (boxes refer to stored pixels).
             if simplejpeg.decode_jpeg_header(data)[2] in _SIMPLE_SPACES:
-                return simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=False, fastupsample=False, strict=True)
+                return simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=fast, fastupsample=fast, strict=True)
             # CMYK/YCCK: the strict decode is the integrity check; Pillow's conversion gives the pixels.
             simplejpeg.decode_jpeg(data, colorspace="CMYK", strict=True)
         except ValueError as e:  # simplejpeg reports libjpeg errors and (strict) warnings as ValueError
@@ -86,7 +90,8 @@ def image_size(data: bytes | bytearray | memoryview) -> tuple[int, int]:
         raise OSError(f"cannot read image header: {e}") from e
 
 
-def decode_image_reduced(data: bytes | bytearray | memoryview, scale: float) -> tuple[np.ndarray, float]:
+def decode_image_reduced(data: bytes | bytearray | memoryview, scale: float,
+                         fast: bool = False) -> tuple[np.ndarray, float]:
     """Decode at the smallest JPEG DCT scale 1/8, 1/4 or 1/2 that is >= ``scale``; returns (image, factor).
 
     For a crop that shrinks the frame by ``scale`` (output px per frame px), decoding at a factor >= ``scale``
@@ -96,18 +101,18 @@ def decode_image_reduced(data: bytes | bytearray | memoryview, scale: float) -> 
     (``x_small = x * factor``), so crop parameters carry over by dividing their scale by the factor; the pixels
     are *not* those of a full decode followed by the crop (the IDCT averages where bilinear sampling picks),
     which is why this is an option (``DataConfig.reduced_decode``) and the default decode stays bit-exact.
-    Region (ROI) decoding is not offered by simplejpeg, Pillow, OpenCV or torchvision (libjpeg-turbo's partial
-    decoding API is not exposed), so the whole frame is decoded at the reduced size. Strict like
-    ``decode_image``; non-JPEG data, CMYK, and ``scale > 1/2`` decode at full size (factor 1.0).
+    The whole frame is decoded at the reduced size (``decode_region`` decodes at full size only). Strict like
+    ``decode_image``; non-JPEG data, CMYK, and ``scale > 1/2`` decode at full size (factor 1.0). ``fast``: as in
+    ``decode_image``.
     """
     if scale > 0.5 or len(data) < 4 or data[0] != 0xFF or data[1] != 0xD8:
-        return decode_image(data), 1.0
+        return decode_image(data, fast), 1.0
     try:
         h, w, space, _ = simplejpeg.decode_jpeg_header(data)
         if space not in _SIMPLE_SPACES:
             return decode_image(data), 1.0
         m = next(k for k in (1, 2, 4) if k / 8 >= scale)
-        img = simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=False, fastupsample=False,
+        img = simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=fast, fastupsample=fast,
                                      min_height=-(-h * m // 8), min_width=-(-w * m // 8), strict=True)
     except ValueError as e:
         raise OSError(f"corrupt JPEG data ({e})") from e
@@ -116,7 +121,7 @@ def decode_image_reduced(data: bytes | bytearray | memoryview, scale: float) -> 
     for k in range(m, 17):
         if img.shape[1] == -(-w * k // 8) and img.shape[0] == -(-h * k // 8):
             return img, k / 8
-    return decode_image(data), 1.0  # an unexpected size: fall back to the exact decode
+    return decode_image(data, fast), 1.0  # an unexpected size: fall back to the full decode
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -124,7 +129,7 @@ def decode_image_reduced(data: bytes | bytearray | memoryview, scale: float) -> 
 # --------------------------------------------------------------------------------------------------------------
 _LIBJPEG_FUNCTIONS = ("jpeg_std_error", "jpeg_CreateDecompress", "jpeg_destroy_decompress", "jpeg_mem_src",
                       "jpeg_read_header", "jpeg_start_decompress", "jpeg_crop_scanline", "jpeg_skip_scanlines",
-                      "jpeg_read_scanlines")
+                      "jpeg_read_scanlines", "jpeg_finish_decompress")
 
 
 def _libjpeg_candidates() -> list[str]:
@@ -178,7 +183,7 @@ def _region_decoder():
             x0, y0, x1, y1 = box
             ch = 1 if space == "Gray" else 3
             out = np.empty((y1 - y0, x1 - x0, ch), np.uint8)
-            _jpeg_region.decode(data, w, x0, y0, x1, y1, ch, out)
+            _jpeg_region.decode(data, w, h, x0, y0, x1, y1, ch, out)
             return np.repeat(out, 3, axis=2) if ch == 1 else out  # gray -> RGB replicates, as libjpeg does
 
         problem = _self_test(decode)
@@ -200,7 +205,9 @@ def decode_region(data: bytes | bytearray | memoryview, box: tuple[int, int, int
     JPEGs are decoded with libjpeg-turbo's partial decoding: rows above ``y0`` are skipped (entropy-decoded only),
     columns outside ``[x0, x1)`` are not transformed, and decoding stops after row ``y1 - 1``. The pixels are the
     full decode's, bit for bit (checked on a test image when the decoder loads). Strict like ``decode_image`` for
-    the data it reads; damage below the region is not seen (``lorat-scale check --decode`` finds it). Other
+    the data it reads; damage below the region, or inside it where libjpeg notices it only at the end marker (as
+    with garbage in the entropy-coded data), is not seen unless the region reaches the last row
+    (``lorat-scale check --decode`` finds it). Other
     formats, CMYK JPEGs, and machines without the decoder (``region_decoding()`` says why) decode the whole frame.
     """
     decode, _ = _region_decoder()

@@ -73,13 +73,14 @@ def load_frame(seq: Sequence, i: int) -> np.ndarray:
 class _Frame:
     """One frame of a pair. Its bytes and header are read at once; its pixels are decoded once its crops are known,
     in the cheapest way ``cfg`` allows: at a reduced DCT scale (``reduced_decode``), only the region the crops read
-    (``region_decode``, exact), else whole. A custom ``loader`` decodes whole frames at once."""
+    (``region_decode``, exact), else whole (``fast_jpeg``: with the fast IDCT and upsampling). A custom ``loader``
+    decodes whole frames at once."""
 
     def __init__(self, seq: Sequence, i: int, loader: FrameLoader, cfg: DataConfig) -> None:
         self.seq, self.i, self.cfg = seq, i, cfg
         self.img: np.ndarray | None = None
         self.factor, self.origin = 1.0, None  # decoded at factor x the frame's size / region's top-left pixel
-        if loader is not load_frame or not (cfg.reduced_decode or cfg.region_decode):
+        if loader is not load_frame:
             self.img = loader(seq, i)
             self.wh = (self.img.shape[1], self.img.shape[0])
             return
@@ -106,7 +107,7 @@ class _Frame:
         """Decode what the crops ``wanted`` read: reduced, a region, or the whole frame."""
         scale = max(float(p[0].max()) for p, _ in wanted)  # output px per frame px of the finest crop
         if self.cfg.reduced_decode and scale <= 0.5:
-            self.img, self.factor = decode_image_reduced(self.data, scale)
+            self.img, self.factor = decode_image_reduced(self.data, scale, fast=self.cfg.fast_jpeg)
             DECODE_COUNTS["reduced" if self.factor < 1.0 else "full"] += 1
             return
         if self.cfg.region_decode and region_decoding() is None:
@@ -117,7 +118,7 @@ class _Frame:
                 self.img, self.origin = decode_region(self.data, (x0, y0, x1, y1)), (x0, y0)
                 DECODE_COUNTS["region"] += 1
                 return
-        self.img = decode_image(self.data)
+        self.img = decode_image(self.data, fast=self.cfg.fast_jpeg)
         DECODE_COUNTS["full"] += 1
 
     def _crop(self, params: np.ndarray, out: int) -> tuple[torch.Tensor, np.ndarray]:
