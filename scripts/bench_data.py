@@ -11,7 +11,10 @@ best of ``--repeats`` passes, so pairs/s are per core even on a shared machine; 
 Cases: the sample frames (LaSOT airplane-1 640x360, OTB Crossing 360x240, COCO128 <=640x480; equal weights as
 in LoRAT), 1280x720 frames (VOT ball1, small target) and 1280x720 frames with a large target (a region of LaSOT
 airplane-1 upscaled 4x, synthetic; see ``raw_entries``), each at 224 and 378; the streaming fallback (``shard_access=stream``)
-on the sample frames; the reduced-size decode option at 1280x720 (with its largest pixel difference); shards
+on the sample frames; beside the default (region decoding, exact) the whole-frame decode (``region_decode=false``,
+the earlier default), ``fast_jpeg`` and the reduced-size decode option, each non-exact option with its largest pixel
+difference on the same pairs; the decode options on single 1280x720 frames (ms/frame, speed-up, largest pixel
+difference); ``--profile``: where the time of a pair goes (cProfile, per stage); shards
 through HTTP range requests from a server on 127.0.0.1 (a separate process: its CPU is not counted); bytes read
 from storage per pair vs. the bytes of the distinct frames the pair decodes; a real DataLoader with
 ``--num-workers`` processes (wall time) against the demand of a B-224 training step on an H100.
@@ -125,13 +128,14 @@ def distinct_frame_bytes(ds, pairs: int) -> float:
     return total / pairs
 
 
-def reduced_decode_difference(entries: list[str], res: int, pairs: int) -> tuple[float, float, bool, float]:
-    """(largest, mean) |pixel difference| in 0..255 units between exact and reduced-decode crops of the same pairs,
-    whether the search labels (box, positive cells) are identical, and the share of template-mask cells that
-    differ (the template crop is pixel-aligned on the reduced image, so its mask follows that alignment)."""
+def option_difference(entries: list[str], res: int, pairs: int, **option) -> tuple[float, float, bool, float]:
+    """(largest, mean) |pixel difference| in 0..255 units between the default (exact) crops and those with a
+    non-exact decode ``option`` (e.g. reduced_decode=true) on the same pairs, whether the search labels (box, positive
+    cells) are identical, and the share of template-mask cells that differ (a reduced-decode template crop is
+    pixel-aligned on the reduced image, so its mask follows that alignment)."""
     out = []
-    for reduced in (False, True):
-        cfg = load_config(f"S-{res}", [f"data.pairs_per_epoch={pairs}", f"data.reduced_decode={reduced}"])
+    for opts in ({}, option):
+        cfg = load_config(f"S-{res}", [f"data.pairs_per_epoch={pairs}", *[f"data.{k}={v}" for k, v in opts.items()]])
         ds = build_dataset(entries, cfg.data, cfg.model, MICRO, 0, 1, pairs)
         out.append(list(ds.epoch_loader(0, range(pairs // MICRO), MICRO, MICRO, 0)))
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0
@@ -144,6 +148,85 @@ def reduced_decode_difference(entries: list[str], res: int, pairs: int) -> tuple
         same &= all(torch.equal(a[k], b[k]) for k in ("target_box", "positive_map"))
         zdiff.append(float((a["z_feat_mask"] != b["z_feat_mask"]).float().mean()))
     return worst, float(np.mean(mean)), same, float(np.mean(zdiff))
+
+
+def decode_options_720p(data: Path, n: int = 24, repeats: int = 3) -> None:
+    """ms per 1280x720 frame (VOT ball1, its own boxes) of each decode option, its speed-up over the exact whole
+    decode and its largest pixel difference to the exact decode of the same pixels. The region is the search crop's
+    (search area factor 4, no jitter: what a 224 search crop of this small target reads)."""
+    from lorat_scale.data import crop
+    from lorat_scale.data.decode import decode_image_reduced, decode_region, region_decoding
+
+    seq = next(q for q in read_dataset("vot", data / "vot") if "ball1" in q.key)
+    idx = np.linspace(0, len(seq) - 1, n).astype(int)
+    blobs = [seq.read_bytes(int(i)) for i in idx]
+    boxes = []
+    for i in idx:
+        params = crop.siamfc_params(seq.boxes[i], 4.0, 224)
+        _, src = crop.crop_regions((1280, 720), params, 224)
+        boxes.append(src)
+    exact = [decode_image(b) for b in blobs]
+    options = {
+        "exact whole frame (decode_image)": (lambda b, box: decode_image(b), lambda e, box: e),
+        "fast_jpeg whole frame": (lambda b, box: decode_image(b, fast=True), lambda e, box: e),
+        "region of the search crop (exact)": (decode_region, lambda e, box: e[box[1]:box[3], box[0]:box[2]]),
+        "reduced 1/2": (lambda b, box: decode_image_reduced(b, 0.5)[0], None),
+        "reduced 1/2 + fast_jpeg": (lambda b, box: decode_image_reduced(b, 0.5, fast=True)[0], None),
+        "reduced 1/4": (lambda b, box: decode_image_reduced(b, 0.25)[0], None),
+    }
+    print(f"decode options on {n} VOT ball1 frames (1280x720, {np.mean([len(b) for b in blobs]) / 1e3:.0f} kB each; "
+          f"region decoding: {region_decoding() or 'on'}; mean search-crop region "
+          f"{np.mean([b[2] - b[0] for b in boxes]):.0f}x{np.mean([b[3] - b[1] for b in boxes]):.0f} px):")
+    base = None
+    for name, (fn, ref) in options.items():
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.process_time()
+            got = [fn(b, box) for b, box in zip(blobs, boxes)]
+            best = min(best, time.process_time() - t0)
+        ms = best / n * 1e3
+        base = base or ms
+        diff = ("largest pixel difference " + str(max(int(np.abs(g.astype(int) - ref(e, box)).max())
+                                                      for g, e, box in zip(got, exact, boxes)))
+                if ref else "other size: the crop-level difference is below")
+        print(f"  {name:36s} {ms:6.2f} ms/frame  {base / ms:5.2f}x  {diff}")
+
+
+STAGES = {  # stage -> functions whose cumulative time it is (file suffix, function name)
+    "read bytes": [("sequence.py", "read_bytes")],
+    "decode": [("decode.py", "decode_image"), ("decode.py", "decode_region"), ("decode.py", "decode_image_reduced")],
+    "crop + resize": [("crop.py", "crop_image")],
+    "flip/jitter/3-aug/normalise": [("augment.py", "augment_pair")],
+    "labels": [("boxes.py", "cell_mask")],
+    "collate": [("pairs.py", "collate")],
+}
+
+
+def profile_stages(entries: list[str], res: int, pairs: int) -> str:
+    """Where a pair's time goes on the train path (shards, num_workers=0): ms per pair per stage under cProfile
+    (which inflates the Python-heavy parts); "other" is sampling, crop parameters, seeding and Python glue."""
+    import cProfile
+    import pstats
+
+    cfg = load_config(f"S-{res}", [f"data.pairs_per_epoch={pairs}"])
+    ds = build_dataset(entries, cfg.data, cfg.model, MICRO, 0, 1, pairs)
+    for _ in ds.epoch_loader(9, range(3), MICRO, MICRO, 0):
+        pass
+    prof = cProfile.Profile(time.process_time)
+    t0 = time.process_time()
+    prof.enable()
+    for _ in ds.epoch_loader(0, range(pairs // MICRO), MICRO, MICRO, 0):
+        pass
+    prof.disable()
+    total = time.process_time() - t0
+    st = pstats.Stats(prof).stats  # (file, line, name) -> (calls, primitive calls, own, cumulative, callers)
+    n = pairs // MICRO * MICRO
+    parts = {}
+    for stage, fns in STAGES.items():
+        parts[stage] = sum(v[3] for k, v in st.items() if (Path(k[0]).name, k[2]) in fns)
+    parts["other"] = total - sum(parts.values())
+    return f"{total / n * 1e3:.2f} ms/pair: " + ", ".join(
+        f"{k} {v / n * 1e3:.2f} ({v / total:.0%})" for k, v in parts.items())
 
 
 def serve(folder: str, url_file: str) -> None:
@@ -305,6 +388,7 @@ def main() -> None:
     p.add_argument("--num-workers", dest="workers", type=int, default=2,
                    help="DataLoader processes of the loader-vs-demand line")
     p.add_argument("--decoders", action="store_true", help="also compare JPEG decoders")
+    p.add_argument("--profile", action="store_true", help="also profile a pair's stages (cProfile)")
     p.add_argument("--official", type=Path, default=None,
                    help="a checkout of the official LoRAT code (github LitingLin/LoRAT, with its requirements): "
                         "also time its training-pair transform on the same pairs, side by side")
@@ -318,6 +402,8 @@ def main() -> None:
     if not args.data.is_dir():
         sys.exit(f"sample data not found at {args.data} (pass --data or set LORAT_SHARED)")
     pairs = args.pairs // MICRO * MICRO
+    if pairs < 128:
+        sys.exit("--pairs must be at least 128 (one training step of the S preset's global batch)")
     tmp = tempfile.TemporaryDirectory(prefix="bench_data_")
     root = Path(tmp.name)
     os.environ.setdefault("LORAT_CACHE", str(root / "cache"))  # annotation cache of this run only
@@ -344,22 +430,33 @@ def main() -> None:
             c = sh["counters"]
             line = (f"[{name} {res}] raw folders {raw['pps']:7.1f} pairs/s/core | shards by range {sh['pps']:7.1f} "
                     f"pairs/s/core ({sh['pps'] / raw['pps']:.2f}x raw)")
+            shard_entries = [f"shards={f}" for f in shards[name]]
+            whole = time_train_path(shard_entries, res, pairs, args.repeats, region_decode="false")
+            fast = time_train_path(shard_entries, res, pairs, args.repeats, fast_jpeg="true")
+            res_table[(name, res, "whole-frame")], res_table[(name, res, "fast_jpeg")] = whole["pps"], fast["pps"]
+            line += (f"\n    exact: region decode (default) {sh['pps']:7.1f} = {sh['pps'] / whole['pps']:.2f}x whole-frame "
+                     f"decode {whole['pps']:7.1f}; not exact: fast_jpeg {fast['pps']:7.1f} "
+                     f"({fast['pps'] / sh['pps']:.2f}x default)")
             if name == "sample":
                 st = time_train_path([f"shards={f}" for f in shard_stream[name]], res, pairs, args.repeats,
                                      shard_access="stream", num_workers=1)
                 res_table[(name, res, "stream")] = st["pps"]
                 line += f" | stream fallback {st['pps']:7.1f}"
             else:
-                rd = time_train_path([f"shards={f}" for f in shards[name]], res, pairs, args.repeats,
-                                     reduced_decode="true")
-                res_table[(name, res, "reduced")] = rd["pps"]
-                line += (f" | shards + reduced decode {rd['pps']:7.1f} ({rd['pps'] / sh['pps']:.2f}x exact decode, "
-                         f"{rd['counters'].get('reduced_frames', 0) / max(rd['counters']['frames_read'], 1):.0%} "
-                         "of frames decoded reduced)")
+                for label, opts in (("reduced", {"reduced_decode": "true"}),
+                                    ("reduced+fast", {"reduced_decode": "true", "fast_jpeg": "true"})):
+                    rd = time_train_path(shard_entries, res, pairs, args.repeats, **opts)
+                    res_table[(name, res, label)] = rd["pps"]
+                    line += (f" | {label} decode {rd['pps']:7.1f} ({rd['pps'] / sh['pps']:.2f}x default, "
+                             f"{rd['counters'].get('reduced_frames', 0) / max(rd['counters']['frames_read'], 1):.0%} "
+                             "of frames decoded reduced)")
             if args.official:
                 off = time_official(args.official, entries[name], res, pairs, args.repeats)
                 res_table[(name, res, "official")] = off
-                line += f" | official LoRAT transform {off:7.1f} (shards {sh['pps'] / off:.2f}x official)"
+                line += (f"\n    official LoRAT transform {off:7.1f}: default {sh['pps'] / off:.2f}x official"
+                         + "".join(f", {k} {res_table[(name, res, k)] / off:.2f}x" for k in
+                                   ("whole-frame", "fast_jpeg", "reduced", "reduced+fast")
+                                   if (name, res, k) in res_table))
             print(line)
             if res == 224:
                 distinct = distinct_frame_bytes(sh["ds"], pairs)
@@ -368,10 +465,21 @@ def main() -> None:
                       f"reads ({c['frames_read'] / sh['n']:.2f} frames, {c['resampled']} re-drawn pairs, "
                       f"{c['bad_frames']} bad frames); distinct frames decoded {distinct / 1e3:.1f} kB per pair: "
                       f"ratio {per_pair / distinct:.3f}")
-    for name in ("720p", "720p-large"):
-        worst, mean, same, zdiff = reduced_decode_difference(entries[name], 224, min(pairs, 96))
-        print(f"[{name} 224] reduced decode vs exact on the same pairs: largest pixel difference {worst:.1f} (0-255 "
-              f"scale), mean {mean:.2f}; search labels identical: {same}; template-mask cells differing {zdiff:.2%}")
+    for name in ("sample", "720p", "720p-large"):
+        for label, opts in (("fast_jpeg", {"fast_jpeg": "true"}), ("reduced decode", {"reduced_decode": "true"}),
+                            ("reduced + fast_jpeg", {"reduced_decode": "true", "fast_jpeg": "true"})):
+            if name == "sample" and label != "fast_jpeg":
+                continue
+            worst, mean, same, zdiff = option_difference([f"shards={f}" for f in shards[name]], 224, pairs, **opts)
+            print(f"[{name} 224] {label} vs exact on the same pairs: largest pixel difference {worst:.1f} (0-255 "
+                  f"scale), mean {mean:.2f}; search labels identical: {same}; template-mask cells differing "
+                  f"{zdiff:.2%}")
+    decode_options_720p(args.data)
+    if args.profile:
+        for name in ("sample", "720p"):
+            for res in (224, 378):
+                print(f"[{name} {res}] profile (cProfile, shards, default options): "
+                      + profile_stages([f"shards={f}" for f in shards[name]], res, pairs))
 
     # HTTP range reads from a local server (own process)
     url_file = root / "url"
@@ -395,21 +503,29 @@ def main() -> None:
     # The loader against the training step's demand.
     from lorat_scale.models.profile import count
 
-    macs = count("B-224").macs
-    # Frozen backbone: backward computes activation gradients (~1 forward) and only the small LoRA weight
-    # gradients, so a training step is ~2 forwards: 4 * MACs FLOPs per pair. H100 SXM: 989 TFLOP/s dense bf16.
-    mfu, peak, cores_per_gpu = 0.5, 989e12, 12
-    demand = mfu * peak / (4 * macs)
+    macs, macs_l = count("B-224").macs, count("L-224").macs
+    # A frozen backbone with LoRA: the backward pass computes activation gradients (~1 forward of FLOPs) and only the
+    # small LoRA/head weight gradients, so a step is ~2 forwards = 4 * MACs FLOPs per pair. H100 SXM: 989 TFLOP/s
+    # dense bf16; ViT-B at 320 tokens and 16 pairs per GPU reaches roughly 30-50% of it (MFU). Common 8-GPU H100
+    # nodes have 96-112 physical cores (AWS p5: 96, Azure ND H100 v5: 96, GCP a3-highgpu: 104, DGX H100: 112):
+    # 12-14 per GPU, of which ~1-2 run the training process itself, leaving ~11 loader workers.
+    peak, workers_per_gpu = 989e12, 11
     per_core = res_table[("sample", 224, "shards")]
-    wall = loader_vs_demand([f"shards={f}" for f in shards["sample"]], args.workers, max(pairs, 96))
+    wall = loader_vs_demand([f"shards={f}" for f in shards["sample"]], args.workers, pairs)
     print(f"loader with {args.workers} workers (DataLoader, wall time, this {os.cpu_count()}-core machine): "
           f"{wall:.1f} pairs/s = {wall / args.workers:.1f} per worker")
-    print(f"B-224 step demand on an H100 (estimate: {macs / 1e9:.1f} GMACs/pair forward, ~2 forwards per training "
-          f"step, {mfu:.0%} of 989 TFLOP/s bf16): {demand:.0f} pairs/s per GPU; with {cores_per_gpu} cores per GPU "
-          f"(96-core 8-GPU node) that is {demand / cores_per_gpu:.0f} pairs/s per worker; measured "
-          f"{per_core:.0f} pairs/s/core here -> "
-          + ("meets it" if per_core >= demand / cores_per_gpu else
-             f"does NOT meet it: needs {math.ceil(demand / per_core)} loader cores per GPU"))
+    # Cross-check from the paper: L-224 trains 170 x 131072 pairs in 10.8 GPU-hours; B-224 has fewer MACs per pair.
+    paper_l = 170 * 131072 / (10.8 * 3600)
+    estimates = [(f"{mfu:.0%} MFU of an H100", mfu * peak / (4 * macs)) for mfu in (0.3, 0.4, 0.5)]
+    estimates.append(("the paper's L-224 rate scaled by MACs", paper_l * macs_l / macs))
+    print(f"B-224 step demand per GPU ({macs / 1e9:.1f} GMACs/pair forward, ~2 forwards per step = "
+          f"{4 * macs / 1e9:.0f} GFLOP/pair; the paper: L-224 {paper_l:.0f} pairs/s/GPU from 10.8 GPU-h), "
+          f"per loader worker at {workers_per_gpu} workers per GPU, against {per_core:.0f} pairs/s/core measured here "
+          "(sample frames, 224):")
+    for what, demand in estimates:
+        need = demand / workers_per_gpu
+        print(f"  {what:38s} {demand:6.0f} pairs/s/GPU = {need:5.0f} per worker -> "
+              + ("met" if per_core >= need else f"NOT met (needs {math.ceil(demand / per_core)} loader cores/GPU)"))
     tmp.cleanup()
     print()
     for name in ("sample", "720p", "720p-large"):
