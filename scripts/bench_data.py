@@ -389,6 +389,8 @@ def main() -> None:
                    help="DataLoader processes of the loader-vs-demand line")
     p.add_argument("--decoders", action="store_true", help="also compare JPEG decoders")
     p.add_argument("--profile", action="store_true", help="also profile a pair's stages (cProfile)")
+    p.add_argument("--cases", default="sample,720p,720p-large",
+                   help="frame sets to time (comma-separated); the HTTP and loader-vs-demand lines need 'sample'")
     p.add_argument("--official", type=Path, default=None,
                    help="a checkout of the official LoRAT code (github LitingLin/LoRAT, with its requirements): "
                         "also time its training-pair transform on the same pairs, side by side")
@@ -408,6 +410,10 @@ def main() -> None:
     root = Path(tmp.name)
     os.environ.setdefault("LORAT_CACHE", str(root / "cache"))  # annotation cache of this run only
     entries = raw_entries(args.data.resolve(), root)
+    cases = args.cases.split(",")
+    if not set(cases) <= set(entries):
+        sys.exit(f"--cases: unknown {sorted(set(cases) - set(entries))}; known: {', '.join(entries)}")
+    entries = {k: v for k, v in entries.items() if k in cases}
     print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} on {os.cpu_count()} cores (shared "
           f"machine: absolute figures vary, ratios within this run hold); {pairs} pairs per case, micro-batch "
           f"{MICRO}, best of {args.repeats}, 1 thread, CPU time of this process")
@@ -419,10 +425,11 @@ def main() -> None:
     for name, ents in entries.items():
         shards[name], dt, nb = write_shards(ents, root / name, margin=0)
         print(f"[{name}] shards written (margin 0, random access) in {dt:.2f} s: {nb / 2**20:.1f} MiB")
-    shard_stream["sample"], _, _ = write_shards(entries["sample"], root / "sample", margin=100)
+    if "sample" in cases:
+        shard_stream["sample"], _, _ = write_shards(entries["sample"], root / "sample", margin=100)
 
     res_table: dict[tuple, float] = {}
-    for name in ("sample", "720p", "720p-large"):
+    for name in cases:
         for res in (224, 378):
             raw = time_train_path(entries[name], res, pairs, args.repeats)
             sh = time_train_path([f"shards={f}" for f in shards[name]], res, pairs, args.repeats)
@@ -432,11 +439,13 @@ def main() -> None:
                     f"pairs/s/core ({sh['pps'] / raw['pps']:.2f}x raw)")
             shard_entries = [f"shards={f}" for f in shards[name]]
             whole = time_train_path(shard_entries, res, pairs, args.repeats, region_decode="false")
-            fast = time_train_path(shard_entries, res, pairs, args.repeats, fast_jpeg="true")
+            # fast_jpeg applies to whole and reduced decodes (region decodes stay exact): timed on whole frames.
+            fast = time_train_path(shard_entries, res, pairs, args.repeats, region_decode="false", fast_jpeg="true")
             res_table[(name, res, "whole-frame")], res_table[(name, res, "fast_jpeg")] = whole["pps"], fast["pps"]
-            line += (f"\n    exact: region decode (default) {sh['pps']:7.1f} = {sh['pps'] / whole['pps']:.2f}x whole-frame "
-                     f"decode {whole['pps']:7.1f}; not exact: fast_jpeg {fast['pps']:7.1f} "
-                     f"({fast['pps'] / sh['pps']:.2f}x default)")
+            line += (f"\n    exact: region decode (default) {sh['pps']:7.1f} = {sh['pps'] / whole['pps']:.2f}x "
+                     f"whole-frame decode {whole['pps']:7.1f}; not exact: whole frames with fast_jpeg "
+                     f"{fast['pps']:7.1f} "
+                     f"({fast['pps'] / whole['pps']:.2f}x whole-frame exact, {fast['pps'] / sh['pps']:.2f}x default)")
             if name == "sample":
                 st = time_train_path([f"shards={f}" for f in shard_stream[name]], res, pairs, args.repeats,
                                      shard_access="stream", num_workers=1)
@@ -465,10 +474,11 @@ def main() -> None:
                       f"reads ({c['frames_read'] / sh['n']:.2f} frames, {c['resampled']} re-drawn pairs, "
                       f"{c['bad_frames']} bad frames); distinct frames decoded {distinct / 1e3:.1f} kB per pair: "
                       f"ratio {per_pair / distinct:.3f}")
-    for name in ("sample", "720p", "720p-large"):
-        for label, opts in (("fast_jpeg", {"fast_jpeg": "true"}), ("reduced decode", {"reduced_decode": "true"}),
+    for name in cases:
+        for label, opts in (("whole frames + fast_jpeg", {"region_decode": "false", "fast_jpeg": "true"}),
+                            ("reduced decode", {"reduced_decode": "true"}),
                             ("reduced + fast_jpeg", {"reduced_decode": "true", "fast_jpeg": "true"})):
-            if name == "sample" and label != "fast_jpeg":
+            if name == "sample" and "reduced" in label:
                 continue
             worst, mean, same, zdiff = option_difference([f"shards={f}" for f in shards[name]], 224, pairs, **opts)
             print(f"[{name} 224] {label} vs exact on the same pairs: largest pixel difference {worst:.1f} (0-255 "
@@ -476,66 +486,68 @@ def main() -> None:
                   f"{zdiff:.2%}")
     decode_options_720p(args.data)
     if args.profile:
-        for name in ("sample", "720p"):
+        for name in [c for c in cases if c != "720p-large"]:
             for res in (224, 378):
                 print(f"[{name} {res}] profile (cProfile, shards, default options): "
                       + profile_stages([f"shards={f}" for f in shards[name]], res, pairs))
 
-    # HTTP range reads from a local server (own process)
-    url_file = root / "url"
-    srv = subprocess.Popen([sys.executable, __file__, "--serve", str(root), str(url_file)])
-    try:
-        while not url_file.exists() or not url_file.read_text():
-            time.sleep(0.05)
-        base = url_file.read_text()
-        urls = [f"shards={base}/sample/{Path(f).name}" for f in shards["sample"]]
-        http = time_train_path(urls, 224, pairs, args.repeats)
-        c = http["counters"]
-        distinct = distinct_frame_bytes(http["ds"], pairs)
-        print(f"[sample 224] shards over HTTP range requests ({base}): {http['pps']:7.1f} pairs/s/core (client CPU); "
-              f"{c['bytes_read'] / http['n'] / 1e3:.1f} kB read per pair in {c['requests'] / http['n']:.2f} "
-              f"requests; ratio to distinct frames {c['bytes_read'] / http['n'] / distinct:.3f}")
-        res_table[("sample", 224, "http")] = http["pps"]
-    finally:
-        srv.kill()
-        srv.wait()
+    if "sample" in cases:  # HTTP range reads and the loader against the GPU's demand
+        # HTTP range reads from a local server (own process)
+        url_file = root / "url"
+        srv = subprocess.Popen([sys.executable, __file__, "--serve", str(root), str(url_file)])
+        try:
+            while not url_file.exists() or not url_file.read_text():
+                time.sleep(0.05)
+            base = url_file.read_text()
+            urls = [f"shards={base}/sample/{Path(f).name}" for f in shards["sample"]]
+            http = time_train_path(urls, 224, pairs, args.repeats)
+            c = http["counters"]
+            distinct = distinct_frame_bytes(http["ds"], pairs)
+            print(f"[sample 224] shards over HTTP range requests ({base}): {http['pps']:7.1f} pairs/s/core (client "
+                  f"CPU); {c['bytes_read'] / http['n'] / 1e3:.1f} kB read per pair in {c['requests'] / http['n']:.2f} "
+                  f"requests; ratio to distinct frames {c['bytes_read'] / http['n'] / distinct:.3f}")
+            res_table[("sample", 224, "http")] = http["pps"]
+        finally:
+            srv.kill()
+            srv.wait()
 
-    # The loader against the training step's demand.
-    from lorat_scale.models.profile import count
+        # The loader against the training step's demand.
+        from lorat_scale.models.profile import count
 
-    macs, macs_l = count("B-224").macs, count("L-224").macs
-    # A frozen backbone with LoRA: the backward pass computes activation gradients (~1 forward of FLOPs) and only the
-    # small LoRA/head weight gradients, so a step is ~2 forwards = 4 * MACs FLOPs per pair. H100 SXM: 989 TFLOP/s
-    # dense bf16; ViT-B at 320 tokens and 16 pairs per GPU reaches roughly 30-50% of it (MFU). Common 8-GPU H100
-    # nodes have 96-112 physical cores (AWS p5: 96, Azure ND H100 v5: 96, GCP a3-highgpu: 104, DGX H100: 112):
-    # 12-14 per GPU, of which ~1-2 run the training process itself, leaving ~11 loader workers.
-    peak, workers_per_gpu = 989e12, 11
-    per_core = res_table[("sample", 224, "shards")]
-    wall = loader_vs_demand([f"shards={f}" for f in shards["sample"]], args.workers, pairs)
-    print(f"loader with {args.workers} workers (DataLoader, wall time, this {os.cpu_count()}-core machine): "
-          f"{wall:.1f} pairs/s = {wall / args.workers:.1f} per worker")
-    # Cross-check from the paper: L-224 trains 170 x 131072 pairs in 10.8 GPU-hours; B-224 has fewer MACs per pair.
-    paper_l = 170 * 131072 / (10.8 * 3600)
-    estimates = [(f"{mfu:.0%} MFU of an H100", mfu * peak / (4 * macs)) for mfu in (0.3, 0.4, 0.5)]
-    estimates.append(("the paper's L-224 rate scaled by MACs", paper_l * macs_l / macs))
-    print(f"B-224 step demand per GPU ({macs / 1e9:.1f} GMACs/pair forward, ~2 forwards per step = "
-          f"{4 * macs / 1e9:.0f} GFLOP/pair; the paper: L-224 {paper_l:.0f} pairs/s/GPU from 10.8 GPU-h), "
-          f"per loader worker at {workers_per_gpu} workers per GPU, against {per_core:.0f} pairs/s/core measured here "
-          "(sample frames, 224):")
-    for what, demand in estimates:
-        need = demand / workers_per_gpu
-        print(f"  {what:38s} {demand:6.0f} pairs/s/GPU = {need:5.0f} per worker -> "
-              + ("met" if per_core >= need else f"NOT met (needs {math.ceil(demand / per_core)} loader cores/GPU)"))
+        macs, macs_l = count("B-224").macs, count("L-224").macs
+        # A frozen backbone with LoRA: the backward pass computes activation gradients (~1 forward of FLOPs) and
+        # only the small LoRA/head weight gradients, so a step is ~2 forwards = 4 * MACs FLOPs per pair. H100 SXM:
+        # 989 TFLOP/s dense bf16; ViT-B at 320 tokens and 16 pairs per GPU reaches roughly 30-50% of it (MFU). Common 8-GPU H100
+        # nodes have 96-112 physical cores (AWS p5: 96, Azure ND H100 v5: 96, GCP a3-highgpu: 104, DGX H100: 112):
+        # 12-14 per GPU, of which ~1-2 run the training process itself, leaving ~11 loader workers.
+        peak, workers_per_gpu = 989e12, 11
+        per_core = res_table[("sample", 224, "shards")]
+        wall = loader_vs_demand([f"shards={f}" for f in shards["sample"]], args.workers, pairs)
+        print(f"loader with {args.workers} workers (DataLoader, wall time, this {os.cpu_count()}-core machine): "
+              f"{wall:.1f} pairs/s = {wall / args.workers:.1f} per worker")
+        # Cross-check from the paper: L-224 trains 170 x 131072 pairs in 10.8 GPU-hours; B-224 has fewer MACs per pair.
+        paper_l = 170 * 131072 / (10.8 * 3600)
+        estimates = [(f"{mfu:.0%} MFU of an H100", mfu * peak / (4 * macs)) for mfu in (0.3, 0.4, 0.5)]
+        estimates.append(("the paper's L-224 rate scaled by MACs", paper_l * macs_l / macs))
+        print(f"B-224 step demand per GPU ({macs / 1e9:.1f} GMACs/pair forward, ~2 forwards per step = "
+              f"{4 * macs / 1e9:.0f} GFLOP/pair; the paper: L-224 {paper_l:.0f} pairs/s/GPU from 10.8 GPU-h), "
+              f"per loader worker at {workers_per_gpu} workers per GPU, against {per_core:.0f} pairs/s/core measured "
+              "here (sample frames, 224):")
+        for what, demand in estimates:
+            need = demand / workers_per_gpu
+            print(f"  {what:38s} {demand:6.0f} pairs/s/GPU = {need:5.0f} per worker -> "
+                  + ("met" if per_core >= need else f"NOT met (needs {math.ceil(demand / per_core)} loader cores/GPU)"))
     tmp.cleanup()
     print()
-    for name in ("sample", "720p", "720p-large"):
+    for name in cases:
         for res in (224, 378):
             extra = ", ".join(f"{k} {v:.1f}" for (n, r, k), v in res_table.items() if n == name and r == res)
             print(f"pairs/s/core {name} {res}: {extra}")
     if not args.official:
         print("(official pipeline not run: pass --official LORAT_CHECKOUT; the issue's figure, from another machine: "
               "68 pairs/s/core at the sample frames)")
-    print(f"pairs/s/core 224 train-path: {res_table[('sample', 224, 'shards')]:.1f}")
+    if "sample" in cases:
+        print(f"pairs/s/core 224 train-path: {res_table[('sample', 224, 'shards')]:.1f}")
 
 
 if __name__ == "__main__":

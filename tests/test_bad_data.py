@@ -91,7 +91,7 @@ def test_corrupt_frame_is_skipped_or_raised_in_training_and_found_by_check_data(
     assert s["key"].startswith("custom/seq1/") and s["counters"]["bad_frames"] >= 1
     with pytest.raises(PairSamplingError, match=rf"last error: {bad_path}: cannot decode"):
         make_pair([bad], SKIP, np.random.default_rng(0), 112, 224)
-    # check-data --decode decodes as training does.
+    # check-data --decode decodes whole frames, as training does with data.region_decode=false.
     assert cli(["check-data", "--format", "custom", "--root", str(root), "--decode", "--num-workers", "2"]) == 1
     out = capsys.readouterr().out
     assert f"{bad_path}: cannot decode image (corrupt JPEG data" in out and "corrupt frames 1" in out

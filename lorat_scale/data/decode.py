@@ -166,7 +166,9 @@ def _region_decoder():
     try:
         from lorat_scale.data import _jpeg_region
     except ImportError as e:
-        return None, f"the _jpeg_region extension was not built ({e}; it needs a C compiler at install time)"
+        why = f"the _jpeg_region extension was not built ({e}; it needs a C compiler at install time)"
+        log.warning("region decoding unavailable, frames are decoded whole (the same pixels, slower): %s", why)
+        return None, why
     why = "no libjpeg-turbo library found (Pillow's wheels bundle one; or set LORAT_LIBJPEG)"
     for path in _libjpeg_candidates():
         try:
@@ -191,6 +193,7 @@ def _region_decoder():
             log.debug("region decoding with %s", path)
             return decode, None
         why = f"{path}: {problem}"
+    log.warning("region decoding unavailable, frames are decoded whole (the same pixels, slower): %s", why)
     return None, why
 
 
@@ -207,7 +210,7 @@ def decode_region(data: bytes | bytearray | memoryview, box: tuple[int, int, int
     full decode's, bit for bit (checked on a test image when the decoder loads). Strict like ``decode_image`` for
     the data it reads; damage below the region, or inside it where libjpeg notices it only at the end marker (as
     with garbage in the entropy-coded data), is not seen unless the region reaches the last row
-    (``lorat-scale check --decode`` finds it). Other
+    (``lorat-scale check-data --decode`` decodes whole frames and finds it). Other
     formats, CMYK JPEGs, and machines without the decoder (``region_decoding()`` says why) decode the whole frame.
     """
     decode, _ = _region_decoder()
