@@ -517,9 +517,9 @@ def main() -> None:
         macs, macs_l = count("B-224").macs, count("L-224").macs
         # A frozen backbone with LoRA: the backward pass computes activation gradients (~1 forward of FLOPs) and
         # only the small LoRA/head weight gradients, so a step is ~2 forwards = 4 * MACs FLOPs per pair. H100 SXM:
-        # 989 TFLOP/s dense bf16; ViT-B at 320 tokens and 16 pairs per GPU reaches roughly 30-50% of it (MFU). Common 8-GPU H100
-        # nodes have 96-112 physical cores (AWS p5: 96, Azure ND H100 v5: 96, GCP a3-highgpu: 104, DGX H100: 112):
-        # 12-14 per GPU, of which ~1-2 run the training process itself, leaving ~11 loader workers.
+        # 989 TFLOP/s dense bf16; ViT-B at 320 tokens and 16 pairs per GPU reaches roughly 30-50% of it (MFU).
+        # Common 8-GPU H100 nodes have 96-112 physical cores (AWS p5: 96, Azure ND H100 v5: 96, GCP a3-highgpu:
+        # 104, DGX H100: 112): 12-14 per GPU, of which ~1-2 run the training process itself, leaving ~11 loader workers.
         peak, workers_per_gpu = 989e12, 11
         per_core = res_table[("sample", 224, "shards")]
         wall = loader_vs_demand([f"shards={f}" for f in shards["sample"]], args.workers, pairs)
