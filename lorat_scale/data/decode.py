@@ -179,9 +179,11 @@ def _region_decoder():
             why = f"{path}: {e}"
             continue
 
-        def decode(data: bytes | bytearray | memoryview, box: tuple[int, int, int, int]) -> np.ndarray:
-            """Pixels [y0:y1, x0:x1] of a YCbCr/RGB/Gray JPEG; ValueError from libjpeg if the data is corrupt."""
-            h, w, space, _ = simplejpeg.decode_jpeg_header(data)
+        def decode(data: bytes | bytearray | memoryview, box: tuple[int, int, int, int],
+                   header: tuple | None = None) -> np.ndarray:
+            """Pixels [y0:y1, x0:x1] of a YCbCr/RGB/Gray JPEG (``header``: its decode_jpeg_header, if parsed
+            already); ValueError from libjpeg if the data is corrupt."""
+            h, w, space, _ = header or simplejpeg.decode_jpeg_header(data)
             x0, y0, x1, y1 = box
             ch = 1 if space == "Gray" else 3
             out = np.empty((y1 - y0, x1 - x0, ch), np.uint8)
@@ -210,14 +212,15 @@ def decode_region(data: bytes | bytearray | memoryview, box: tuple[int, int, int
     full decode's, bit for bit (checked on a test image when the decoder loads). Strict like ``decode_image`` for
     the data it reads; damage below the region, or inside it where libjpeg notices it only at the end marker (as
     with garbage in the entropy-coded data), is not seen unless the region reaches the last row
-    (``lorat-scale check-data --decode`` decodes whole frames and finds it). Other
-    formats, CMYK JPEGs, and machines without the decoder (``region_decoding()`` says why) decode the whole frame.
+    (``lorat-scale check-data --decode`` decodes whole frames and finds it). Other formats, CMYK JPEGs, and
+    machines without the decoder (``region_decoding()`` says why) decode the whole frame.
     """
     decode, _ = _region_decoder()
     if decode is not None and len(data) > 3 and data[0] == 0xFF and data[1] == 0xD8:
         try:
-            if simplejpeg.decode_jpeg_header(data)[2] in _SIMPLE_SPACES:
-                return decode(data, box)
+            header = simplejpeg.decode_jpeg_header(data)
+            if header[2] in _SIMPLE_SPACES:
+                return decode(data, box, header)
         except ValueError as e:
             raise OSError(f"corrupt JPEG data ({e})") from e
     x0, y0, x1, y1 = box
