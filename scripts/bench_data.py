@@ -21,12 +21,14 @@ from storage per pair vs. the bytes of the distinct frames the pair decodes; a r
 
 ``--official DIR`` (a checkout of LitingLin/LoRAT with its requirements: PyTurboJPEG + libturbojpeg, tabulate,
 exifread) also times the official training-pair transform (trackit, run.yaml's options) on the very pairs our
-sampler draws, in the same run: the side-by-side ratio. The last line is ``pairs/s/core 224 train-path: N``
+sampler draws, in the same run: the side-by-side ratio. The pipelines of one case are timed in turn (round-robin
+passes, best of ``--repeats`` each), so that they meet the same load and their ratios hold on a shared machine. The last line is ``pairs/s/core 224 train-path: N``
 (shards by range, sample frames).
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
 import subprocess
@@ -34,6 +36,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -94,27 +97,45 @@ def write_shards(entries: list[str], out: Path, margin: int) -> tuple[list[str],
     return folders, time.perf_counter() - t0, nbytes
 
 
-def time_train_path(entries: list[str], res: int, pairs: int, repeats: int, **data_overrides) -> dict:
-    """pairs/s/core through build_dataset + epoch_loader (num_workers=0), and the IO counters of the samples."""
+def train_path_passes(entries: list[str], res: int, pairs: int, info: dict, **data_overrides) -> Iterator[float]:
+    """Timed passes (CPU seconds each) through build_dataset + epoch_loader (num_workers=0); ``info`` gets the pairs
+    per pass ``n``, the IO counters of the first pass and the dataset ``ds``. Set up and warmed up at the first pass."""
     cfg = load_config(f"S-{res}", [f"data.pairs_per_epoch={pairs}", "data.seed=0",
                                    *[f"data.{k}={v}" for k, v in data_overrides.items()]])
     ds = build_dataset(entries, cfg.data, cfg.model, MICRO, 0, 1, pairs)
     steps = range(pairs // MICRO)
     for b in ds.epoch_loader(9, range(min(3, len(steps))), MICRO, MICRO, 0):  # warm-up: imports, allocator, caches
         pass
-    best, counters = float("inf"), defaultdict(int)
-    for r in range(repeats):
+    counters = defaultdict(int)
+    info.update(n=len(steps) * MICRO, counters=counters, ds=ds)
+    for r in itertools.count():
         req0 = READ_STATS["requests"]
         t0 = time.process_time()
         for b in ds.epoch_loader(r, steps, MICRO, MICRO, 0):
             if r == 0:
                 for k, v in b["counters"].items():
                     counters[k] += v
-        best = min(best, time.process_time() - t0)
+        dt = time.process_time() - t0
         if r == 0:
             counters["requests"] = READ_STATS["requests"] - req0
-    n = len(steps) * MICRO
-    return {"pps": n / best, "n": n, "counters": dict(counters), "ds": ds}
+        yield dt
+
+
+def interleaved(passes: dict[str, Iterator[float]], repeats: int) -> dict[str, float]:
+    """Best CPU seconds of each pipeline, its passes run in turn (round-robin), so that every pipeline meets the
+    same load of a shared machine and the ratios within one call hold."""
+    best = {k: float("inf") for k in passes}
+    for _ in range(repeats):
+        for k, it in passes.items():
+            best[k] = min(best[k], next(it))
+    return best
+
+
+def time_train_path(entries: list[str], res: int, pairs: int, repeats: int, **data_overrides) -> dict:
+    """pairs/s/core through build_dataset + epoch_loader (num_workers=0), and the IO counters of the samples."""
+    info: dict = {}
+    best = interleaved({"x": train_path_passes(entries, res, pairs, info, **data_overrides)}, repeats)["x"]
+    return {"pps": info["n"] / best, **info}
 
 
 def distinct_frame_bytes(ds, pairs: int) -> float:
@@ -304,9 +325,10 @@ def official_transform(lorat_dir: Path, res: int):
     return proc
 
 
-def time_official(lorat_dir: Path, entries: list[str], res: int, pairs: int, repeats: int) -> float:
-    """pairs/s/core of the official transform on the pairs our sampler draws (same frames, same boxes); frames
-    read and decoded by trackit (file read + TurboJPEG), a failed search crop re-drawn as its sampler does."""
+def official_passes(lorat_dir: Path, entries: list[str], res: int, pairs: int, info: dict) -> Iterator[float]:
+    """Timed passes (CPU seconds) of the official transform on the pairs our sampler draws (same frames, same boxes);
+    frames read and decoded by trackit (file read + TurboJPEG), a failed search crop re-drawn as its sampler does.
+    ``info["n"]``: pairs per pass."""
     proc = official_transform(lorat_dir, res)  # puts the checkout on sys.path
     from trackit.data.methods.siamese_tracker_train._types import SiameseTrainingPair, SOTFrameInfo
     from trackit.miscellanies.image.io import read_image_with_auto_retry
@@ -324,15 +346,14 @@ def time_official(lorat_dir: Path, entries: list[str], res: int, pairs: int, rep
         return SOTFrameInfo(image=lambda p=seq.frames[i]: read_image_with_auto_retry(p), object_bbox=seq.boxes[i],
                             object_exists=True, dataset=None, sequence=None, track=None, frame=None)
 
-    best = float("inf")
-    for r in range(repeats):
+    info["n"] = len(plan)
+    for r in itertools.count():
         rng = np.random.default_rng(r)
         t0 = time.process_time()
         for seq, t, s in plan:
             while proc(SiameseTrainingPair(True, frame(seq, t), frame(seq, s)), rng) is None:
                 pass
-        best = min(best, time.process_time() - t0)
-    return len(plan) / best
+        yield time.process_time() - t0
 
 
 def loader_vs_demand(entries: list[str], workers: int, pairs: int) -> float:
@@ -431,47 +452,54 @@ def main() -> None:
     res_table: dict[tuple, float] = {}
     for name in cases:
         for res in (224, 378):
-            raw = time_train_path(entries[name], res, pairs, args.repeats)
-            sh = time_train_path([f"shards={f}" for f in shards[name]], res, pairs, args.repeats)
-            res_table[(name, res, "raw")], res_table[(name, res, "shards")] = raw["pps"], sh["pps"]
-            c = sh["counters"]
-            line = (f"[{name} {res}] raw folders {raw['pps']:7.1f} pairs/s/core | shards by range {sh['pps']:7.1f} "
-                    f"pairs/s/core ({sh['pps'] / raw['pps']:.2f}x raw)")
+            # Every pipeline of this case, timed in turn (interleaved), so that the ratios hold under shared load.
             shard_entries = [f"shards={f}" for f in shards[name]]
-            whole = time_train_path(shard_entries, res, pairs, args.repeats, region_decode="false")
-            # fast_jpeg applies to whole and reduced decodes (region decodes stay exact): timed on whole frames.
-            fast = time_train_path(shard_entries, res, pairs, args.repeats, region_decode="false", fast_jpeg="true")
-            res_table[(name, res, "whole-frame")], res_table[(name, res, "fast_jpeg")] = whole["pps"], fast["pps"]
-            line += (f"\n    exact: region decode (default) {sh['pps']:7.1f} = {sh['pps'] / whole['pps']:.2f}x "
-                     f"whole-frame decode {whole['pps']:7.1f}; not exact: whole frames with fast_jpeg "
-                     f"{fast['pps']:7.1f} "
-                     f"({fast['pps'] / whole['pps']:.2f}x whole-frame exact, {fast['pps'] / sh['pps']:.2f}x default)")
+            setups = {"raw": (entries[name], {}), "shards": (shard_entries, {}),
+                      "whole-frame": (shard_entries, {"region_decode": "false"}),
+                      # fast_jpeg applies to whole and reduced decodes (region decodes stay exact): on whole frames.
+                      "fast_jpeg": (shard_entries, {"region_decode": "false", "fast_jpeg": "true"})}
             if name == "sample":
-                st = time_train_path([f"shards={f}" for f in shard_stream[name]], res, pairs, args.repeats,
-                                     shard_access="stream", num_workers=1)
-                res_table[(name, res, "stream")] = st["pps"]
-                line += f" | stream fallback {st['pps']:7.1f}"
+                setups["stream"] = ([f"shards={f}" for f in shard_stream[name]],
+                                    {"shard_access": "stream", "num_workers": 1})
             else:
-                for label, opts in (("reduced", {"reduced_decode": "true"}),
-                                    ("reduced+fast", {"reduced_decode": "true", "fast_jpeg": "true"})):
-                    rd = time_train_path(shard_entries, res, pairs, args.repeats, **opts)
-                    res_table[(name, res, label)] = rd["pps"]
-                    line += (f" | {label} decode {rd['pps']:7.1f} ({rd['pps'] / sh['pps']:.2f}x default, "
-                             f"{rd['counters'].get('reduced_frames', 0) / max(rd['counters']['frames_read'], 1):.0%} "
-                             "of frames decoded reduced)")
+                setups["reduced"] = (shard_entries, {"reduced_decode": "true"})
+                setups["reduced+fast"] = (shard_entries, {"reduced_decode": "true", "fast_jpeg": "true"})
+            info = {k: {} for k in [*setups, "official"]}
+            passes = {k: train_path_passes(ents, res, pairs, info[k], **o) for k, (ents, o) in setups.items()}
             if args.official:
-                off = time_official(args.official, entries[name], res, pairs, args.repeats)
-                res_table[(name, res, "official")] = off
-                line += (f"\n    official LoRAT transform {off:7.1f}: default {sh['pps'] / off:.2f}x official"
-                         + "".join(f", {k} {res_table[(name, res, k)] / off:.2f}x" for k in
-                                   ("whole-frame", "fast_jpeg", "reduced", "reduced+fast")
-                                   if (name, res, k) in res_table))
+                passes["official"] = official_passes(args.official, entries[name], res, pairs, info["official"])
+            best = interleaved(passes, args.repeats)
+            pps = {k: info[k]["n"] / v for k, v in best.items()}
+            for k, v in pps.items():
+                res_table[(name, res, k)] = v
+            sh, c = pps["shards"], info["shards"]["counters"]
+            line = (f"[{name} {res}] raw folders {pps['raw']:7.1f} pairs/s/core | shards by range {sh:7.1f} "
+                    f"pairs/s/core ({sh / pps['raw']:.2f}x raw)")
+            line += (f"\n    exact: region decode (default) {sh:7.1f} = {sh / pps['whole-frame']:.2f}x whole-frame "
+                     f"decode {pps['whole-frame']:7.1f}; not exact: whole frames with fast_jpeg "
+                     f"{pps['fast_jpeg']:7.1f} "
+                     f"({pps['fast_jpeg'] / pps['whole-frame']:.2f}x whole-frame exact, {pps['fast_jpeg'] / sh:.2f}x "
+                     "default)")
+            if name == "sample":
+                line += f" | stream fallback {pps['stream']:7.1f}"
+            for k in ("reduced", "reduced+fast"):
+                if k in pps:
+                    cr = info[k]["counters"]
+                    line += (f" | {k} decode {pps[k]:7.1f} ({pps[k] / sh:.2f}x default, "
+                             f"{cr.get('reduced_frames', 0) / max(cr['frames_read'], 1):.0%} of frames decoded "
+                             "reduced)")
+            if args.official:
+                off = pps["official"]
+                line += (f"\n    official LoRAT transform {off:7.1f}: default {sh / off:.2f}x official"
+                         + "".join(f", {k} {pps[k] / off:.2f}x" for k in
+                                   ("whole-frame", "fast_jpeg", "reduced", "reduced+fast") if k in pps))
             print(line)
             if res == 224:
-                distinct = distinct_frame_bytes(sh["ds"], pairs)
-                per_pair = c["bytes_read"] / sh["n"]
-                print(f"  bytes read from storage per pair {per_pair / 1e3:.1f} kB in {c['requests'] / sh['n']:.2f} "
-                      f"reads ({c['frames_read'] / sh['n']:.2f} frames, {c['resampled']} re-drawn pairs, "
+                n = info["shards"]["n"]
+                distinct = distinct_frame_bytes(info["shards"]["ds"], pairs)
+                per_pair = c["bytes_read"] / n
+                print(f"  bytes read from storage per pair {per_pair / 1e3:.1f} kB in {c['requests'] / n:.2f} "
+                      f"reads ({c['frames_read'] / n:.2f} frames, {c['resampled']} re-drawn pairs, "
                       f"{c['bad_frames']} bad frames); distinct frames decoded {distinct / 1e3:.1f} kB per pair: "
                       f"ratio {per_pair / distinct:.3f}")
     for name in cases:
