@@ -190,7 +190,10 @@ def _region_decoder():
             _jpeg_region.decode(data, w, h, x0, y0, x1, y1, ch, out)
             return np.repeat(out, 3, axis=2) if ch == 1 else out  # gray -> RGB replicates, as libjpeg does
 
-        problem = _self_test(decode)
+        try:
+            problem = _self_test(decode)
+        except ValueError as e:  # libjpeg refused the test image: this library does not work here
+            problem = f"test decode failed ({e})"
         if problem is None:
             log.debug("region decoding with %s", path)
             return decode, None
