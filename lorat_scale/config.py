@@ -236,12 +236,18 @@ class TrackConfig:
     search_area_factor: Positive = 4.0  # 4 for *-224, 5 for *-378
     template_area_factor: Positive = 2.0
     min_box_size: NonNegative = 10.0  # previous box w/h raised to at least this before cropping
-    # Autocast dtype of the model forward (post-processing always runs in fp32). The reference
-    # evaluates under fp16 autocast on GPU; fp32 reproduces the golden files exactly.
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    compile: bool = False  # torch.compile the merged model
+    # What runs the merged model (lorat_scale/tracking/backends.py): "torch", or "onnxruntime" (the
+    # model exported to ONNX once, cached, run with ONNX Runtime's graph optimisations; faster on CPUs).
+    backend: Literal["torch", "onnxruntime"] = "torch"
+    # Precision of the model forward (post-processing always runs in fp32). torch: fp32 or bf16/fp16
+    # autocast (the reference evaluates under fp16 autocast on GPU; fp32 reproduces the golden files
+    # exactly). onnxruntime: fp32, or int8 (dynamic quantization of the linear layers; CPU only).
+    precision: Literal["fp32", "bf16", "fp16", "int8"] = "fp32"
+    compile: bool = False  # torch.compile the merged model (backend torch)
     # "auto" = cuda if available else cpu; or "cpu", "cuda", "cuda:1", ...
     device: Annotated[str, Predicate(_device_name)] = "auto"
+    ort_threads: Count0 = 0  # ONNX Runtime intra-op threads (0 = torch.get_num_threads())
+    onnx_cache: str = ""  # folder of exported/quantized models ("" = $LORAT_CACHE/onnx or ~/.cache/lorat_scale/onnx)
 
 
 @dataclass

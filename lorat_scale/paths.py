@@ -1,10 +1,16 @@
-"""Where lorat_scale finds the shared sample data and golden tensors (never copied into the repo)."""
+"""Where lorat_scale finds the shared sample data and golden tensors (never copied into the repo), and its cache."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent  # the checkout, when the package runs from one
+
+
+def cache_dir() -> Path:
+    """``$LORAT_CACHE`` or ``~/.cache/lorat_scale``: converted weights, exported and quantized models."""
+    env = os.environ.get("LORAT_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "lorat_scale"
 
 
 def shared_root() -> Path:

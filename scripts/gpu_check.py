@@ -398,7 +398,7 @@ def part_xformers(check: Check, rows: list[dict]) -> None:
 # ---------------------------------------------------------------------------------------------
 def part_tracking(check: Check, rows: list[dict]) -> None:
     """Merged model at batch 1: model-only and end-to-end FPS in bf16 and fp16."""
-    from bench_track import bench_end_to_end, bench_model, load_frames
+    from bench_track import load_frames, model_inputs, time_end_to_end, time_model
 
     from lorat_scale.config import get_preset
     from lorat_scale.models import build_model
@@ -416,9 +416,11 @@ def part_tracking(check: Check, rows: list[dict]) -> None:
         for precision in precisions:
             tracker = BatchTracker(model, cfg, device=check.device, precision=precision)
             model = tracker.model  # merged in place on first use
+            model_s = time_model(tracker, model_inputs(tracker, frames, box, 1), warmup, iters)
+            e2e_s, _ = time_end_to_end(tracker, frames, box, 1, warmup, max(iters // 5, 2))
             rows.append({"variant": variant, "precision": precision, "frames": desc,
-                         "model fps": bench_model(tracker, 1, warmup, iters),
-                         "end-to-end fps": bench_end_to_end(tracker, frames, box, 1, warmup, max(iters // 5, 2))})
+                         "model fps": 1 / sorted(model_s)[len(model_s) // 2],
+                         "end-to-end fps": 1 / sorted(e2e_s)[len(e2e_s) // 2]})
         del model
         _free()
 

@@ -25,6 +25,8 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lorat_scale.boxes import xyxy_to_xywh  # noqa: E402
+from lorat_scale.config import ConfigError  # noqa: E402
+from lorat_scale.demo import sample_tracker  # noqa: E402
 from lorat_scale.outputs import OutputError, atomic_path, check_outputs  # noqa: E402
 from lorat_scale.tracking.tracker import Tracker  # noqa: E402
 
@@ -79,15 +81,15 @@ def draw(frame_bgr: np.ndarray, box: np.ndarray, score: float | None, index: int
 
 
 def build_tracker(args: argparse.Namespace) -> Tracker:
-    """Tracker from --checkpoint/--backbone, or the sample weights (untrained head)."""
-    kw = dict(device=args.device, precision=args.precision)
+    """Tracker from --checkpoint/--backbone, or the sample weights (untrained head); --set applies to both."""
+    kw = dict(device=args.device, precision=args.precision, backend=args.backend, compile=args.compile or None)
     if args.checkpoint:
         return Tracker.from_checkpoint(args.checkpoint, variant=args.variant, backbone=args.backbone,
                                        overrides=args.set, **kw)
     if args.backbone:
         raise SystemExit("--backbone without --checkpoint: pass the trained checkpoint too")
     print("note: no --checkpoint: sample ViT-S weights with an UNTRAINED head (boxes will not follow the target)")
-    return Tracker.from_sample_weights(variant=args.variant, **kw)
+    return sample_tracker(variant=args.variant, overrides=args.set, **kw)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,8 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--boxes", default="", help="boxes txt (default: next to --out, .txt)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. track.window_penalty=0.3 model.depth=2")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    # Unset flags leave the value to the config (track.device/backend/precision, also settable with --set).
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: track.device, auto)")
+    p.add_argument("--backend", default=None, choices=["torch", "onnxruntime"],
+                   help="what runs the model: PyTorch (default), or ONNX Runtime (exported once and cached; "
+                        "faster on CPUs)")
+    p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16", "int8"],
+                   help="torch: fp32 (default), bf16, fp16 (autocast); onnxruntime: fp32, int8 (CPU)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (backend torch)")
     p.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0 = all; cameras: until Ctrl-C)")
     p.add_argument("--snapshot", default="", help="also save annotated frame --snapshot-frame as this PNG")
     p.add_argument("--snapshot-frame", type=int, default=10)
@@ -135,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
                        "--backbone": args.backbone})
     except OutputError as e:
         p.error(str(e))
+    try:  # before any output file is opened: a bad --set must not leave (or clobber) files
+        tracker = build_tracker(args)
+    except ConfigError as e:  # an unknown --set key, or a backend/precision that do not go together
+        p.error(str(e))
     fps_in = cap.get(cv2.CAP_PROP_FPS) or 25.0
     announced = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if not is_camera else 0  # the container's own count
     # Outputs are written to temporary files and renamed at the end: a crash leaves no half video.
@@ -143,10 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         if not writer.isOpened():
             p.error(f"cannot write {out_path} (mp4v codec unavailable? try --out file.avi)")
 
-        tracker = build_tracker(args)
         tracker.init(cv2.cvtColor(first, cv2.COLOR_BGR2RGB), init_box)
         print(f"video {args.video}: {w}x{h} @ {fps_in:.1f} fps; init box xyxy {np.round(init_box, 2).tolist()}; "
-              f"{args.variant} on {tracker.device} ({tracker.precision})")
+              f"{args.variant} on {tracker.device} ({tracker.backend} {tracker.precision})")
         total = announced
         if args.max_frames:
             total = min(total, args.max_frames) if total > 0 else args.max_frames

@@ -51,3 +51,15 @@ def test_crop_to_frame_inverts_and_clips():
 def test_bad_shapes_raise():
     with pytest.raises(ValueError, match="score_map"):
         postprocess(torch.zeros(1, 16, 16), torch.zeros(1, 16, 15, 4), np.eye(2)[None], np.array([[10, 10]]))
+
+
+def test_crop_to_frame_is_the_crop_modules_inverse():
+    from lorat_scale.data.crop import invert_params, map_boxes
+
+    rng = np.random.default_rng(0)
+    params = np.stack([rng.uniform(0.5, 3, (5, 2)), rng.uniform(-200, 200, (5, 2))], axis=1)  # (5, 2, 2)
+    boxes = rng.uniform(0, 224, (5, 4))
+    unclipped, _ = crop_to_frame(boxes, params)
+    for i in range(5):  # batched == one at a time, bit for bit, and it undoes the forward mapping
+        np.testing.assert_array_equal(unclipped[i], map_boxes(invert_params(params[i]), boxes[i]))
+        np.testing.assert_allclose(map_boxes(params[i], unclipped[i]), boxes[i], atol=1e-9)

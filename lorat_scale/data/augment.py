@@ -13,6 +13,7 @@ results agree to float rounding. torchvision's functional ops allocate a new ima
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import cv2
@@ -114,8 +115,15 @@ def normalize_(img255: torch.Tensor) -> torch.Tensor:
 
 
 def normalize(img255: torch.Tensor) -> torch.Tensor:
-    """Model input from a 0..255 float crop: (x/255 - mean)/std in float32 (golden eval transform)."""
-    return (img255 / MAX - _MEAN) / _STD
+    """Model input from 0..255 float crops (C,H,W or B,C,H,W, any device): (x/255 - mean)/std in float32."""
+    mean, std = (_MEAN, _STD) if img255.device.type == "cpu" else _constants_on(img255.device)
+    return (img255 / MAX - mean) / std
+
+
+@functools.lru_cache(maxsize=8)
+def _constants_on(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean/std tensors on ``device`` (copied once: the tracker normalizes on its GPU)."""
+    return _MEAN.to(device), _STD.to(device)
 
 
 def augment_pair(

@@ -82,19 +82,19 @@ def siamfc_params(
 
 
 def map_boxes(params: np.ndarray, boxes: np.ndarray | _Seq[float]) -> np.ndarray:
-    """Map (..., 4) xyxy boxes corner by corner with ``params`` (float64)."""
+    """Map (..., 4) xyxy boxes corner by corner with (2, 2) ``params``, or (B, 2, 2) for (B, 4) boxes (float64)."""
     params = np.asarray(params, dtype=np.float64)
     boxes = np.asarray(boxes, dtype=np.float64)
-    s = np.concatenate([params[0], params[0]])
-    t = np.concatenate([params[1], params[1]])
+    s = np.concatenate([params[..., 0, :], params[..., 0, :]], axis=-1)
+    t = np.concatenate([params[..., 1, :], params[..., 1, :]], axis=-1)
     return boxes * s + t
 
 
 def invert_params(params: np.ndarray) -> np.ndarray:
-    """Inverse mapping ``[[1/sx, 1/sy], [-tx/sx, -ty/sy]]`` in float64 (as the reference tracker)."""
+    """Inverse mapping ``[[1/sx, 1/sy], [-tx/sx, -ty/sy]]`` of (..., 2, 2) params in float64 (as the reference)."""
     params = np.asarray(params, dtype=np.float64)
-    s, t = params[0], params[1]
-    return np.stack([1.0 / s, -t / s])
+    s, t = params[..., 0, :], params[..., 1, :]
+    return np.stack([1.0 / s, -t / s], axis=-2)
 
 
 def clip_boxes(boxes: np.ndarray, size_wh: _Seq[float]) -> np.ndarray:

@@ -84,7 +84,9 @@ class LoRATFactory:
         bb = cfg.model.backbone_weights
         bb_id = {"sha256": file_digest(bb)} if bb and Path(bb).is_file() else {"name": bb}
         model = {k: v for k, v in asdict(cfg.model).items() if k != "backbone_weights"}
-        track = {k: v for k, v in asdict(cfg.track).items() if k not in ("device", "compile")}
+        # Settings that cannot change a box are not part of the identity (backend and precision are).
+        unused = ("device", "compile", "ort_threads", "onnx_cache")
+        track = {k: v for k, v in asdict(cfg.track).items() if k not in unused}
         identity = {"checkpoint": {"sha256": file_digest(ckpt)}, "backbone": bb_id, "variant": cfg.variant,
                     "model": model, "track": track}
         return RunRecord(identity, {"checkpoint": str(ckpt.resolve()), "backbone": str(bb)})

