@@ -208,13 +208,13 @@ def crop_image(
         view = frame[src[1] - oy : src[3] - oy, src[0] - ox : src[2] - ox]  # (sh, sw, 3), no copy
         if min(view.strides) < 0:  # e.g. a BGR->RGB [..., ::-1] view: torch cannot wrap those
             view = np.ascontiguousarray(view)
-        region = torch.from_numpy(view)
+        pixels = torch.from_numpy(view)
     # permute gives a channels-last NCHW view; F.interpolate's channels-last kernel reads it as is.
-    region = region.permute(2, 0, 1).unsqueeze(0).to(torch.float32)
+    pixels = pixels.permute(2, 0, 1).unsqueeze(0).to(torch.float32)
     if (dw, dh) == (sw, sh):
-        resized = region  # same size: bilinear with align_corners=False is the identity
+        resized = pixels  # same size: bilinear with align_corners=False is the identity
     else:
-        resized = F.interpolate(region, size=(dh, dw), mode="bilinear", align_corners=False, antialias=False)
+        resized = F.interpolate(pixels, size=(dh, dw), mode="bilinear", align_corners=False, antialias=False)
     if dst == (0, 0, ow, oh):
         crop = resized[0].contiguous()
     else:
