@@ -51,9 +51,17 @@ def _add_quickstart(p: argparse.ArgumentParser) -> None:
 
 def _cmd_convert_checkpoint(args: argparse.Namespace) -> int:
     """Convert a trainable-only checkpoint between our format and the official LoRAT format."""
-    from .models.weights import convert_checkpoint
+    from .config import ConfigError, load_config
+    from .models.weights import CheckpointMismatchError, convert_checkpoint
 
-    convert_checkpoint(args.src, args.dst, to=args.to, swiglu=args.swiglu, variant=args.variant)
+    if args.set and not args.variant:
+        raise ConfigError("--set needs --variant (the preset the overrides apply to)")
+    cfg = load_config(args.variant, args.set).model if args.variant else None
+    try:
+        convert_checkpoint(args.src, args.dst, to=args.to, cfg=cfg, variant=args.variant)
+    except (CheckpointMismatchError, FileNotFoundError) as e:  # a file that does not fit: one message, none written
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(f"wrote {args.dst} ({args.to} format)")
     return 0
 
@@ -237,8 +245,11 @@ def _add_convert_checkpoint(p: argparse.ArgumentParser) -> None:
     p.add_argument("src")
     p.add_argument("dst")
     p.add_argument("--to", choices=["official", "ours"], required=True)
-    p.add_argument("--swiglu", action="store_true", help="ViT-g: name the FFN adapters w12/w3 (official)")
-    p.add_argument("--variant", default="", help="recorded in the metadata of our format")
+    p.add_argument("--variant", default="", help="the variant the checkpoint was trained for (needed for official "
+                   "files, which record none; ours record their model configuration); keys and shapes are checked "
+                   "against it as loading does")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config overrides of a non-preset model, e.g. model.lora_r=32")
 
 
 def _cmd_export_onnx(args: argparse.Namespace) -> int:

@@ -16,6 +16,11 @@ an ``accelerate`` found on PATH may belong to another installation, or be missin
 the training loop (``--ds``), not by the launcher: the launcher only starts one process per GPU with
 the torch.distributed environment. ``render`` is a pure function of the environment dict so that it
 can be tested without a cluster.
+
+One process in all (one node, one GPU): the training command runs as is, without ``accelerate launch``.
+Its single-process launcher starts the training as a child and dies on SIGTERM without passing it on, so
+the step would end (and Slurm kill the child) in the middle of the checkpoint a preemption asks for; torch's
+multi-process agent does pass SIGTERM on and waits for its workers (``TORCH_ELASTIC_SHUTDOWN_TIMEOUT``).
 """
 from __future__ import annotations
 
@@ -72,6 +77,8 @@ def render(env: dict[str, str], train_args: list[str], port: int | None = None,
     node_rank = int(env.get("SLURM_NODEID", "0"))
     gpus = gpus_per_node(env)
     world = num_nodes * gpus
+    if world == 1:  # no launcher: signals reach the training process itself (module docstring)
+        return [python, *train_args]
     cmd = [python, "-m", "accelerate.commands.launch", "--num_machines", str(num_nodes),
            "--machine_rank", str(node_rank), "--main_process_ip", hosts[0],
            "--main_process_port", str(port or default_port(env)), "--num_processes", str(world)]

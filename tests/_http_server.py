@@ -4,7 +4,8 @@
     srv.delay = 2.0; srv.fail_next = 3; srv.ignore_range = True    # slow / 503 x3 / no Range support
     srv.stop()                             # the port then refuses connections
 
-``python tests/_http_server.py FOLDER PORT_FILE`` runs it as a process (to be killed with SIGKILL).
+``python tests/_http_server.py FOLDER PORT_FILE [PORT]`` runs it as a process (to be killed with SIGKILL, and
+brought back on the same PORT).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from pathlib import Path
 class RangeServer:
     """Serves ``folder``; logs every request as (path, range header, bytes sent)."""
 
-    def __init__(self, folder: str | os.PathLike) -> None:
+    def __init__(self, folder: str | os.PathLike, port: int = 0) -> None:
         self.folder = Path(folder)
         self.delay = 0.0
         self.fail_next = 0
@@ -68,7 +69,8 @@ class RangeServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        ThreadingHTTPServer.allow_reuse_address = True  # brought back on its port while old connections linger
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread: threading.Thread | None = None
@@ -86,6 +88,6 @@ class RangeServer:
 
 
 if __name__ == "__main__":
-    srv = RangeServer(sys.argv[1])
+    srv = RangeServer(sys.argv[1], int(sys.argv[3]) if len(sys.argv) > 3 else 0)
     Path(sys.argv[2]).write_text(srv.url)
     srv.httpd.serve_forever()

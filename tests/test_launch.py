@@ -47,9 +47,10 @@ def test_render_multinode():
 
 
 def test_render_single_gpu_and_mismatch():
-    cmd = render({"SLURM_JOB_NODELIST": "n1", "SLURM_NNODES": "1", "SLURM_NODEID": "0"}, ["t.py"], port=29500)
-    assert "--multi_gpu" not in cmd and "--rdzv_backend" not in cmd
-    assert dict(zip(cmd[3:], cmd[4:]))["--num_processes"] == "1"
+    # One process: the training itself, no launcher in between (SIGTERM must reach it: issue 13).
+    cmd = render({"SLURM_JOB_NODELIST": "n1", "SLURM_NNODES": "1", "SLURM_NODEID": "0"}, ["-m", "m", "a"],
+                 port=29500, python="/venv/bin/python")
+    assert cmd == ["/venv/bin/python", "-m", "m", "a"]
     with pytest.raises(ValueError, match="SLURM_NNODES"):
         render({"SLURM_JOB_NODELIST": "n[1-3]", "SLURM_NNODES": "2"}, [])
 
@@ -77,7 +78,10 @@ def test_rendered_command_starts_the_training_entry_without_accelerate_on_path(t
     env = {"SLURM_JOB_NODELIST": "n1", "SLURM_NNODES": "1", "SLURM_NODEID": "0", "SLURM_JOB_ID": "11",
            "SLURM_CPUS_PER_TASK": "2", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path)}
     # A light module stands in for -m lorat_scale.train (what matters is what starts it).
-    proc = subprocess.run([str(ROOT / ".venv/bin/python"), "-m", "lorat_scale.launch", "--", "--cpu",
-                           "-m", "platform"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "launch: " in proc.stdout and "Linux" in proc.stdout
+    for gpus, via in (("1", f"launch: {ROOT / '.venv/bin/python'} -m platform"),
+                      ("2", f"launch: {ROOT / '.venv/bin/python'} -m accelerate.commands.launch")):
+        proc = subprocess.run([str(ROOT / ".venv/bin/python"), "-m", "lorat_scale.launch", "--", "-m", "platform"],
+                              env={**env, "SLURM_GPUS_ON_NODE": gpus}, cwd=tmp_path, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.startswith(via) and "Linux" in proc.stdout

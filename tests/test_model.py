@@ -15,6 +15,7 @@ from lorat_scale.models.weights import (
     CheckpointMismatchError,
     convert_checkpoint,
     load_trainable,
+    read_metadata,
     read_state_dict,
     save_trainable,
 )
@@ -163,14 +164,17 @@ def test_checkpoint_roundtrip_ours_and_official(golden, tmp_path):
     save_trainable(model, ours, variant="tiny-g")
     assert set(load_file(ours)) == {n for n, p in model.named_parameters() if p.requires_grad}
     official = tmp_path / "official.safetensors"
-    convert_checkpoint(ours, official, to="official", swiglu=True)
+    convert_checkpoint(ours, official, to="official")  # the recorded model configuration says SwiGLU: w12/w3
     ref = load_file(golden / "model" / "g-swiglu" / "lorat_checkpoint.safetensors")
     back = load_file(official)
     assert set(back) == set(ref)
     for k in ref:
         assert torch.equal(back[k], ref[k]), k
     ours2 = tmp_path / "ours2.safetensors"
-    convert_checkpoint(official, ours2, to="ours")
+    with pytest.raises(CheckpointMismatchError, match="records no model configuration.*pass the variant"):
+        convert_checkpoint(official, ours2, to="ours")  # official files say nothing about their model
+    assert not ours2.exists()
+    convert_checkpoint(official, ours2, to="ours", cfg=ModelConfig(**CASES["g-swiglu"]))
     fresh = build_model(ModelConfig(**CASES["g-swiglu"], backbone_weights=str(
         golden / "model" / "g-swiglu" / "backbone.safetensors"))).eval()
     load_trainable(fresh, ours2)
@@ -243,6 +247,103 @@ def test_checkpoint_with_other_rslora_setting_is_rejected(tmp_path):
     with pytest.raises(CheckpointMismatchError, match="use_rslora=True but the model config has model.use_rslora=False"):
         load_trainable(build_model(tiny_cfg()), p)
     load_trainable(build_model(tiny_cfg(use_rslora=True)), p)  # the same setting loads
+
+
+def test_nonfinite_checkpoint_is_refused_naming_the_tensors(tmp_path):
+    """Issue 13: a checkpoint holding NaN/inf does not load (Tracker, export, resume all use load_trainable)."""
+    model = build_model(tiny_cfg())
+    good = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    name = sorted(good)[0]
+    bad = {**good, name: good[name].clone().index_fill_(0, torch.tensor([0]), float("nan"))}
+    bad["token_type_embed"] = good["token_type_embed"].clone().fill_(float("inf"))
+    p = tmp_path / "nan.safetensors"
+    save_file(bad, p)
+    before = {n: t.clone() for n, t in good.items()}
+    with pytest.raises(CheckpointMismatchError) as e:
+        load_trainable(model, p)
+    msg = str(e.value)
+    assert "nan.safetensors: non-finite values in 2 tensor(s)" in msg
+    assert f"{name} ({good[name].shape[1]} NaN, 0 inf" in msg and "token_type_embed (0 NaN, 96 inf of 96)" in msg
+    assert all(torch.equal(before[n], t) for n, t in good.items())  # nothing was copied in
+    with pytest.raises(CheckpointMismatchError, match="non-finite values in 2 tensor"):
+        convert_checkpoint(p, tmp_path / "out.safetensors", to="official", cfg=tiny_cfg())
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_checkpoint_of_another_variant_is_refused_naming_the_keys(tmp_path):
+    """Issue 16: an S-224 checkpoint does not load into S-378 (same trainable shapes, another model)."""
+    from lorat_scale.config import get_preset
+
+    s224, s378 = get_preset("S-224").model, get_preset("S-378").model
+    small = dict(depth=1, lora_r=2, lora_alpha=2)  # the same shapes as the presets, fewer blocks
+    m224 = build_model(ModelConfig(**{**vars(s224), **small}), device="meta")
+    m378 = build_model(ModelConfig(**{**vars(s378), **small}), device="meta")
+    shapes = lambda m: {n: tuple(p.shape) for n, p in m.named_parameters() if p.requires_grad}  # noqa: E731
+    assert shapes(m224) == shapes(m378)  # a key/shape check alone cannot tell them apart
+    tiny224 = build_model(tiny_cfg())
+    p = tmp_path / "s224.safetensors"
+    save_trainable(tiny224, p, variant="S-224")
+    assert json.loads(read_metadata(p)["model_config"])["search_size"] == 56  # the resolved model configuration
+    with pytest.raises(CheckpointMismatchError) as e:
+        load_trainable(build_model(tiny_cfg(template_size=42, search_size=84)), p)
+    msg = str(e.value)
+    assert "s224.safetensors: trained for another model" in msg
+    assert "checkpoint has template_size=28 but the model config has model.template_size=42" in msg
+    assert "checkpoint has search_size=56 but the model config has model.search_size=84" in msg
+    load_trainable(build_model(tiny_cfg(drop_path=0.1, frozen_dtype="bf16")), p)  # training-only keys may differ
+
+
+def test_tracker_and_export_refuse_another_variant_and_nonfinite_weights(golden, tmp_path):
+    """The Tracker and export-onnx load through load_trainable: an S-224 checkpoint into S-378, a NaN: refused."""
+    from lorat_scale.export.onnx import build_export_model
+    from lorat_scale.tracking import Tracker
+
+    d = golden / "model" / "S-gelu"
+    model = golden_model(golden, "S-gelu")  # S-224 with 2 blocks
+    ck = tmp_path / "s224.safetensors"
+    save_trainable(model, ck, variant="S-224")
+    backbone = str(d / "backbone.safetensors")
+    with pytest.raises(CheckpointMismatchError, match="search_size=224 but the model config has model.search_size=378"):
+        Tracker.from_checkpoint(ck, variant="S-378", backbone=backbone, overrides=["model.depth=2"], device="cpu")
+    with pytest.raises(CheckpointMismatchError, match="template_size=112 but the model config has model.template_size=196"):
+        build_export_model("S-378", str(ck), backbone, ["model.depth=2"])
+    state = load_file(ck)
+    state["token_type_embed"][1, 5] = float("nan")
+    nan = tmp_path / "nan.safetensors"
+    save_file(state, nan, metadata=read_metadata(ck))
+    with pytest.raises(CheckpointMismatchError, match=r"(?s)non-finite values in 1 tensor\(s\).*token_type_embed \(1 NaN"):
+        Tracker.from_checkpoint(nan, variant="S-224", backbone=backbone, overrides=["model.depth=2"], device="cpu")
+
+
+def test_convert_checkpoint_checks_keys_and_shapes(tmp_path, capsys):
+    """Issue 13: convert-checkpoint refuses extra, missing or mis-shaped keys as loading does (nothing written)."""
+    from lorat_scale.cli import main
+    from lorat_scale.models.weights import ours_to_official
+
+    model = build_model(tiny_cfg())
+    state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    official = ours_to_official(state, swiglu=False)
+    missing = sorted(official)[0]
+    del official[missing]
+    official["head.extra.weight"] = torch.zeros(3)
+    official["token_type_embed"] = torch.zeros(3, 7)
+    src, dst = tmp_path / "official.safetensors", tmp_path / "ours.safetensors"
+    save_file(official, src)
+    sets = ["model.embed_dim=32", "model.depth=2", "model.num_heads=2", "model.lora_r=4", "model.lora_alpha=8",
+            "model.template_size=28", "model.search_size=56", "model.pretrain_grid=6"]
+    assert main(["convert-checkpoint", str(src), str(dst), "--to", "ours", "--variant", "S-224", "--set", *sets]) == 1
+    err = capsys.readouterr().err
+    assert "official.safetensors does not fit the model" in err and "missing keys (1)" in err
+    assert "unexpected keys (1)" in err and "head.extra.weight" in err
+    assert "token_type_embed: file (3, 7) vs model (3, 32)" in err and not dst.exists()
+    # Our own file records its model: checked without --variant, and converted both ways.
+    ours = tmp_path / "good.safetensors"
+    save_trainable(model, ours, variant="S-224")
+    assert main(["convert-checkpoint", str(ours), str(tmp_path / "off.safetensors"), "--to", "official"]) == 0
+    assert main(["convert-checkpoint", str(ours), str(tmp_path / "x.safetensors"), "--to", "official",
+                 "--variant", "S-224"]) == 1  # the preset is another model than the recorded tiny one
+    assert "trained for another model: checkpoint has embed_dim=32 but the model config has model.embed_dim=384" \
+        in capsys.readouterr().err
 
 
 def test_corrupt_checkpoint_file(tmp_path):

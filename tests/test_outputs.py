@@ -244,8 +244,14 @@ def test_interrupted_track_video_leaves_the_old_output(video, golden, tmp_path, 
 
 def test_interrupted_conversion_leaves_no_file(tmp_path, monkeypatch):
     import lorat_scale.models.weights as weights
+    from lorat_scale.config import ModelConfig
+    from lorat_scale.models import build_model
 
-    src = _ckpt(tmp_path / "official.safetensors")
+    cfg = ModelConfig(embed_dim=32, depth=1, num_heads=2, lora_r=2, lora_alpha=2, template_size=28, search_size=56,
+                      pretrain_grid=6)
+    state = {n: p.detach() for n, p in build_model(cfg).named_parameters() if p.requires_grad}
+    src = tmp_path / "official.safetensors"
+    save_file(weights.ours_to_official(state, swiglu=False), str(src))  # a complete official file of that model
     dst = tmp_path / "ours.safetensors"
 
     def half_then_fail(tensors, filename, metadata=None):
@@ -254,7 +260,7 @@ def test_interrupted_conversion_leaves_no_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(weights, "save_file", half_then_fail)
     with pytest.raises(OSError, match="No space left"):
-        weights.convert_checkpoint(src, dst, to="ours")
+        weights.convert_checkpoint(src, dst, to="ours", cfg=cfg)
     assert not dst.exists() and _leftovers(tmp_path) == []
 
 

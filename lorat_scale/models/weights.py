@@ -7,12 +7,20 @@ Backbone sources (``ModelConfig.backbone_weights``):
   * ``timm:<name>`` (e.g. ``timm:vit_large_patch14_dinov2.lvd142m``) when a model hub is reachable.
 
 Trainable-only checkpoints, two formats, both safetensors:
-  * ours: the model's own parameter names (peft LoRA names) + metadata (variant, r, alpha, rslora);
+  * ours: the model's own parameter names (peft LoRA names) + metadata (variant, r, alpha, rslora and the
+    resolved model configuration, ``model_config``);
   * the official LoRAT release: ``blocks.N.attn.qkv.{q,k,v}.lora.{A,B}``, ``attn.proj.lora.*``,
     ``mlp.{fc1,fc2|w12,w3}.lora.*``, ``head.*``, ``token_type_embed`` (no alpha stored).
+
+Loading (``load_trainable``: the Tracker, export-onnx and a training resume all go through it) refuses a file
+with non-finite tensors (naming them), one whose recorded model configuration differs from the model's in a key
+that changes what the weights mean (``ARCHITECTURE_KEYS``: another variant, resolution or LoRA setting), and
+missing, unexpected or mis-shaped keys. ``convert_checkpoint`` applies the same checks.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 from pathlib import Path
 
@@ -20,10 +28,16 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from ..config import ModelConfig
 from ..outputs import atomic_path, check_outputs
 from .lorat import LoRAT
 
 FORMAT = "lorat_scale/trainable-v1"
+# Model settings that change what trained weights mean: the network's shape, its input sizes, the position
+# table it was resized from and the LoRA scaling. The rest (dropouts, init, memory options, storage dtypes, the
+# backbone file's path) may differ between training and loading.
+ARCHITECTURE_KEYS = ("embed_dim", "depth", "num_heads", "ffn", "ffn_hidden", "patch_size", "template_size",
+                     "search_size", "pretrain_grid", "layerscale", "lora_r", "lora_alpha", "use_rslora")
 # Backbone keys LoRAT does not use (no class/register/mask tokens in the token sequence).
 UNUSED_BACKBONE_KEYS = ("cls_token", "mask_token", "register_tokens")
 
@@ -184,6 +198,7 @@ def save_trainable(model: LoRAT, path: str | Path, variant: str = "") -> None:
         "lora_alpha": str(cfg.lora_alpha),
         "use_rslora": str(cfg.use_rslora),
         "ffn": cfg.ffn,
+        "model_config": json.dumps(dataclasses.asdict(cfg), sort_keys=True),
     }
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.trainable_state_dict().items()}
     with atomic_path(path) as tmp:
@@ -196,24 +211,60 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         return dict(f.metadata() or {})
 
 
-def load_trainable(model: LoRAT, path: str | Path) -> dict[str, str]:
-    """Load one of our or an official LoRAT trainable checkpoint into ``model``; strict key check.
+def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
+    """Raise CheckpointMismatchError naming every tensor of ``state`` that holds a NaN or an infinity."""
+    bad = []
+    for k, v in state.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            bad.append(f"{k} ({int(torch.isnan(v).sum())} NaN, {int(torch.isinf(v).sum())} inf of {v.numel()})")
+    if bad:
+        shown = "\n    ".join(bad[:40]) + (f"\n    ... and {len(bad) - 40} more" if len(bad) > 40 else "")
+        raise CheckpointMismatchError(f"{source}: non-finite values in {len(bad)} tensor(s), refusing to load "
+                                      f"them (a diverged or damaged run):\n    {shown}")
 
-    Returns the checkpoint metadata. Official checkpoints store no ``lora_alpha``; the model's
-    configured alpha is used (the official loader silently merges with scaling 1.0 instead).
+
+def recorded_model_config(meta: dict[str, str]) -> dict:
+    """The model configuration recorded in one of our checkpoints (``{}`` for official or older files)."""
+    if "model_config" in meta:
+        try:
+            return json.loads(meta["model_config"])
+        except json.JSONDecodeError:
+            raise CheckpointMismatchError(f"metadata 'model_config' is not JSON: {meta['model_config'][:80]!r}") from None
+    # Older files of ours record the LoRA settings only.
+    return model_config_from_meta(meta)
+
+
+def check_model_config(recorded: dict, cfg: ModelConfig, source: str) -> None:
+    """Raise CheckpointMismatchError naming each ``ARCHITECTURE_KEYS`` value that differs from ``cfg``'s."""
+    diffs = []
+    for key in ARCHITECTURE_KEYS:
+        if key not in recorded:
+            continue
+        want = getattr(cfg, key)
+        have = type(want)(recorded[key]) if not isinstance(want, bool) else recorded[key] in (True, "True")
+        if have != want:
+            diffs.append(f"checkpoint has {key}={recorded[key]} but the model config has model.{key}={want}")
+    if diffs:
+        raise CheckpointMismatchError(
+            f"{source}: trained for another model: " + "; ".join(diffs)
+            + " (build the model the checkpoint was trained for: its variant and overrides)")
+
+
+def load_trainable(model: LoRAT, path: str | Path) -> dict[str, str]:
+    """Load one of our or an official LoRAT trainable checkpoint into ``model``; strict checks.
+
+    Refused, with every offending key named: non-finite tensors, a recorded model configuration that differs
+    from ``model.cfg`` in an ``ARCHITECTURE_KEYS`` key, missing/unexpected/mis-shaped keys. Returns the
+    checkpoint metadata. Official checkpoints store no ``lora_alpha``; the model's configured alpha is used
+    (the official loader silently merges with scaling 1.0 instead).
     """
     state = read_state_dict(path)
     meta = read_metadata(path) if str(path).endswith(".safetensors") or not is_official(state) else {}
+    check_finite(state, str(path))
     if is_official(state):
         state = official_to_ours(state)
     elif meta.get("format") == FORMAT:
-        cfg = model.cfg
-        for key, want in (("lora_r", str(cfg.lora_r)), ("lora_alpha", str(cfg.lora_alpha)),
-                          ("use_rslora", str(cfg.use_rslora))):
-            if key in meta and meta[key] != want:
-                raise CheckpointMismatchError(
-                    f"{path}: checkpoint has {key}={meta[key]} but the model config has model.{key}={want}"
-                )
+        check_model_config(recorded_model_config(meta), model.cfg, str(path))
     expected = {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}
     _check(
         expected,
@@ -229,18 +280,47 @@ def load_trainable(model: LoRAT, path: str | Path) -> dict[str, str]:
     return meta
 
 
-def convert_checkpoint(src: str | Path, dst: str | Path, to: str, swiglu: bool = False, variant: str = "") -> None:
-    """Convert a trainable checkpoint between ``ours`` and ``official`` key formats (``dst`` never ``src``)."""
+def convert_checkpoint(src: str | Path, dst: str | Path, to: str, cfg: ModelConfig | None = None,
+                       variant: str = "") -> None:
+    """Convert a trainable checkpoint between ``ours`` and ``official`` key formats, checked as loading does.
+
+    ``cfg``: the model the checkpoint belongs to (default: the configuration recorded in one of our files;
+    official files record none, so they need it). Refused, naming the keys: non-finite tensors, a recorded
+    configuration that differs from ``cfg``, missing, unexpected or mis-shaped keys. Nothing is written then.
+    """
+    from .builder import build_model  # builder imports this module
+
     check_outputs({"dst": dst}, {"src": src})
-    if to not in ("official", "ours"):
+    if to not in ("ours", "official"):
         raise ValueError(f"to={to!r}: expected 'ours' or 'official'")
     state = read_state_dict(src)
+    meta = read_metadata(src) if not is_official(state) else {}
+    check_finite(state, str(src))
+    recorded = recorded_model_config(meta) if meta.get("format") == FORMAT else {}
+    if cfg is None:
+        if "model_config" not in meta:
+            raise CheckpointMismatchError(
+                f"{src}: records no model configuration, so its keys and shapes cannot be checked: pass the variant "
+                "it was trained for (lorat-scale convert-checkpoint --variant L-224, plus --set model.KEY=VALUE for "
+                "a non-preset model)")
+        cfg = ModelConfig(**{k: v for k, v in recorded.items() if k in ModelConfig.__dataclass_fields__})
+    elif recorded:
+        check_model_config(recorded, cfg, str(src))
+    ours = official_to_ours(state) if is_official(state) else state
+    model = build_model(dataclasses.replace(cfg, backbone_weights="", frozen_dtype="fp32"), device="meta")
+    _check({n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}, ours, str(src),
+           note=f"checked against model.{', model.'.join(f'{k}={getattr(cfg, k)}' for k in ARCHITECTURE_KEYS)}")
     if to == "official":
-        out, meta = ours_to_official(state, swiglu=swiglu), None
+        out, out_meta = ours_to_official(ours, swiglu=cfg.ffn == "swiglu"), None
     else:
-        out, meta = official_to_ours(state), {"format": FORMAT, "variant": variant, "converted_from": "official LoRAT"}
+        out = ours
+        out_meta = {"format": FORMAT, "variant": variant or meta.get("variant", ""), "lora_r": str(cfg.lora_r),
+                    "lora_alpha": str(cfg.lora_alpha), "use_rslora": str(cfg.use_rslora), "ffn": cfg.ffn,
+                    "model_config": json.dumps(dataclasses.asdict(cfg), sort_keys=True)}
+        if is_official(state):
+            out_meta["converted_from"] = "official LoRAT"
     with atomic_path(dst) as tmp:
-        save_file({k: v.contiguous() for k, v in out.items()}, str(tmp), metadata=meta)
+        save_file({k: v.contiguous() for k, v in out.items()}, str(tmp), metadata=out_meta)
 
 
 def model_config_from_meta(meta: dict[str, str], source: str = "checkpoint") -> dict:

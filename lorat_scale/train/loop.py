@@ -6,7 +6,7 @@
     # DDP on 8 GPUs / DeepSpeed ZeRO-2 (values marked "auto" in the JSON are filled from the config)
     accelerate launch --multi_gpu --num_processes 8 -m lorat_scale.train --variant L-224 ...
     accelerate launch --multi_gpu --num_processes 8 scripts/train.py --variant g-224 --ds ds_configs/zero2.json ...
-    # continue from the newest complete checkpoint of train.output_dir (fresh start if there is none)
+    # continue from the newest intact checkpoint of train.output_dir (fresh start if there is none)
     lorat-scale train --variant S-224 --resume auto ...
 
 Sources: format[:split]=root with a reader of lorat_scale.data.readers (lasot, got10k, trackingnet,
@@ -14,16 +14,25 @@ coco, custom), or shard streams shards=MANIFEST[::BASE_URL] (data_prep/make_shar
 In order below: config -> accelerator -> model -> data -> optimizer and schedule -> checkpoints and
 resume -> loop (lr, the training step of lorat_scale/train/step.py, log, validate, checkpoint) -> end.
 The run directory holds config.json, metrics.jsonl (one line per step), logs/ (TensorBoard),
-checkpoints/step_XXXXXXXX/ and model.safetensors.
+checkpoints/step_XXXXXXXX/ (lorat_scale/train/checkpoint.py) and model.safetensors.
+
+Faults: SIGTERM or SIGUSR1 (SLURM's time limit, ``#SBATCH --signal``) on any rank makes every rank save a
+checkpoint at the next step boundary and exit with code 75 (EX_TEMPFAIL: "try again"; the job files requeue);
+a failed write (full disk, read-only directory) stops the run with one line, keeping the last complete
+checkpoint; an unreachable shard server stops it naming the URL and the cause.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import resource
 import shutil
+import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -38,17 +47,18 @@ from ..data.cache import cached_read
 from ..data.pairs import PairDataset
 from ..data.readers import DatasetError, ReadReport, parse_source
 from ..data.shards import load_shards
-from ..data.storage import RetryPolicy
+from ..data.storage import RetryPolicy, StorageError
 from ..data.stream_pairs import ShardPairDataset
 from ..models import build_model
-from ..models.weights import load_trainable, save_trainable
 from ..outputs import OutputError, atomic_path, check_outputs, write_atomic
+from .checkpoint import CheckpointError, Checkpoints, find_resume_point, scan
 from .distributed import DDP_KWARGS, accumulation_steps, check_run, fill_ds_config, read_ds_config, zero_stage
 from .optim import build_optimizer, build_scheduler, peak_lr, steps_per_epoch
 from .loss import lorat_loss
 from .step import to_device, train_step
 
 PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}  # train.precision -> accelerate
+EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped by a signal after saving a checkpoint; run it again (--resume auto)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -60,7 +70,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help=argparse.SUPPRESS)  # the old name of --variant: a clear error below
     p.add_argument("--ds", default="", help="DeepSpeed JSON (ds_configs/zero2.json, zero3.json, ...); default DDP")
     p.add_argument("--resume", default="",
-                   help="'auto' (the newest complete checkpoint of the run) or a checkpoint folder")
+                   help="'auto' (the newest intact checkpoint of the run; fresh start if none) or a checkpoint folder")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="resume although the configuration differs from the checkpoint's in keys that change the run "
+                        "(refused otherwise, naming them)")
     p.add_argument("overrides", nargs="*", help="config overrides section.key=value, e.g. train.lr=5e-5")
 
 
@@ -145,16 +158,9 @@ def run_inputs(cfg: Config) -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Checkpoints: the one place that saves and loads run state. checkpoints/step_XXXXXXXX is written
-# as .tmp_step_XXXXXXXX, then renamed (atomic); trainer_state.json marks it complete.
+# Run state: the counters a checkpoint holds besides the weights (lorat_scale/train/checkpoint.py saves
+# and loads everything), the stop request of a signal, the per-step logs trimmed on a resume
 # ----------------------------------------------------------------------------------------------
-def complete_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first (a tmp dir of a killed save is ignored)."""
-    d = run_dir / "checkpoints"
-    found = [p for p in d.glob("step_*") if p.is_dir() and (p / "trainer_state.json").is_file()] if d.is_dir() else []
-    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
-
-
 class TrainState:
     """Loop counters saved in every checkpoint; ``step`` is also the data position."""
 
@@ -165,7 +171,7 @@ class TrainState:
         self.counters: dict[str, int] = {}  # data-quality counters
 
     def state_dict(self) -> dict:
-        """Plain dict for accelerate's custom-object checkpointing."""
+        """The counters as a JSON-able dict."""
         return {"step": self.step, "bad_steps": self.bad_steps, "bad_in_row": self.bad_in_row,
                 "counters": dict(self.counters)}
 
@@ -174,79 +180,93 @@ class TrainState:
         self.__dict__.update(d)
 
 
-class Checkpoints:
-    """Saving and loading the run's state: trainable weights, optimizer, schedule, RNG, counters.
+class StopRequest(contextlib.AbstractContextManager):
+    """SIGTERM and SIGUSR1 set ``signal``; the loop saves a checkpoint at the next step boundary and exits.
 
-    Weights go through ``save_trainable``/``load_trainable`` on ``raw_model``, the plain LoRAT
-    module (no DDP, DeepSpeed or torch.compile wrapper: its parameter names are the checkpoint's);
-    the frozen backbone is never saved. Everything else is accelerate's ``save_state``.
+    The previous handlers come back on exit (in-process runs, tests).
     """
 
-    def __init__(self, accelerator: Accelerator, run_dir: Path, raw_model: torch.nn.Module, state: TrainState,
-                 variant: str, keep: int, ds_stage: int | None) -> None:
-        self.accelerator, self.run_dir, self.raw_model, self.state = accelerator, run_dir, raw_model, state
-        self.variant, self.keep, self.ds_stage = variant, keep, ds_stage  # ds_stage None: no DeepSpeed
-        accelerator.register_save_state_pre_hook(self._save_hook)
-        accelerator.register_load_state_pre_hook(self._load_hook)
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
-    def save_weights(self, path: Path) -> None:
-        """The trainable tensors to ``path`` (main process; every rank must call it under ZeRO-3)."""
-        if self.ds_stage == 3:
-            import deepspeed
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
 
-            # Partitioned parameters: gathered on every rank for the write.
-            with deepspeed.zero.GatheredParameters([p for p in self.raw_model.parameters() if p.requires_grad]):
-                if self.accelerator.is_main_process:
-                    save_trainable(self.raw_model, path, self.variant)
-        elif self.accelerator.is_main_process:
-            save_trainable(self.raw_model, path, self.variant)
+    def _handle(self, signum: int, frame: object) -> None:
+        self.signal = signal.Signals(signum).name
 
-    def _save_hook(self, models: list, weights: list, output_dir: str) -> None:
-        weights.clear()  # accelerate would write the whole model; only the trainable tensors are saved
-        self.save_weights(Path(output_dir) / "model.safetensors")
+    def __exit__(self, *exc: object) -> None:
+        for s, h in self._previous.items():
+            signal.signal(s, h)
 
-    def _load_hook(self, models: list, input_dir: str) -> None:
-        models.clear()  # DeepSpeed restores its module itself; otherwise load the trainable tensors
-        if self.ds_stage is None:
-            load_trainable(self.raw_model, Path(input_dir) / "model.safetensors")
 
-    def save(self) -> Path:
-        """Save the state at ``state.step`` atomically; keep the newest ``keep`` checkpoints."""
-        acc, step = self.accelerator, self.state.step
-        ckdir = self.run_dir / "checkpoints"
-        final, tmp = ckdir / f"step_{step:08d}", ckdir / f".tmp_step_{step:08d}"
-        if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        acc.wait_for_everyone()
-        # DeepSpeed writes its (partitioned) optimizer state; the frozen backbone is never saved.
-        acc.save_state(str(tmp), **({"exclude_frozen_parameters": True} if self.ds_stage is not None else {}))
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            (tmp / "trainer_state.json").write_text(json.dumps(self.state.state_dict()))  # marks it complete
-            if final.exists():  # the same step saved again after a resume
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            for old in complete_checkpoints(self.run_dir)[:-self.keep] if self.keep > 0 else []:
-                shutil.rmtree(old, ignore_errors=True)
-        acc.wait_for_everyone()
-        return final
+class RunDirError(OSError):
+    """A file of the run directory cannot be written (full disk, read-only or vanished file system)."""
 
-    def resume(self, which: str) -> Path | None:
-        """Load ``which`` ('auto': the newest complete checkpoint, if any; or a checkpoint folder)."""
-        if not which:
-            return None
-        if which == "auto":
-            found = complete_checkpoints(self.run_dir)
-            if not found:
-                return None
-            path = found[-1]
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: Path):
+    """Hold ``run_dir/.lock`` (flock) while the run lives: two training processes never share a run directory.
+
+    A second one (a job requeued while a killed launcher's training process still runs, a typo in two
+    commands) is refused, naming the holder. The kernel drops the lock when the holder dies, even by kill -9.
+    """
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        f = open(run_dir / ".lock", "a+")
+    except OSError as e:  # read-only, full or missing file system: before any work
+        raise RunDirError(f"train.output_dir={run_dir}: cannot write there ({e.strerror or e}"
+                          + (f": {e.filename})" if e.filename else ")")) from None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise RunDirError(f"train.output_dir={run_dir} is in use by another training process "
+                              f"({f.read().strip() or 'unknown'}): stop it first, or choose another "
+                              "train.output_dir") from None
+        except OSError as e:  # a file system without flock (some parallel file systems): run unguarded
+            print(f"warning: {run_dir / '.lock'}: no lock on this file system ({e.strerror or e}): nothing stops "
+                  "a second training process from using this run directory", file=sys.stderr)
         else:
-            path = Path(which)
-            if not (path / "trainer_state.json").is_file():
-                raise SystemExit(f"--resume {path}: not a complete checkpoint folder (no trainer_state.json)")
-        self.accelerator.load_state(str(path), **({"load_module_strict": False} if self.ds_stage is not None else {}))
-        return path
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            f.flush()
+        yield
+
+
+def write_or_stop(what: Path, fn, run_dir: Path) -> None:
+    """Run a write; an OSError becomes one RunDirError naming the file and the cause."""
+    try:
+        fn()
+    except OSError as e:
+        done = scan(run_dir).complete
+        raise RunDirError(f"cannot write {what}: {e.strerror or e}; the last complete checkpoint is kept "
+                          f"({done[-1].name if done else 'none was written yet'}): fix the cause, then resume with "
+                          "--resume auto") from None
+
+
+def trim_log(path: Path, step: int) -> None:
+    """Drop the lines of ``path`` (JSON lines with a "step") that the run redoes after resuming at ``step``.
+
+    A training row (with "loss") of step s was written after step s: kept if s <= ``step``. Other rows (validation,
+    pairs) were written before step s+1 ran: kept if s < ``step``. A half-written last line goes too.
+    """
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+            keep = row["step"] <= step if "loss" in row else row["step"] < step
+        except (json.JSONDecodeError, KeyError, TypeError):
+            keep = False
+        if keep:
+            kept.append(line + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
 
 
 def dump_nonfinite(ckpts: Checkpoints, step_batches: list[dict], parts: list[dict], epoch: int) -> Path:
@@ -306,15 +326,29 @@ def evaluate(model: torch.nn.Module, dataset: PairDataset | ShardPairDataset, ac
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run (or resume) a training run; returns 0 on success, exits with a one-line error on bad options or data."""
-    try:
-        return train(argv)
-    except (ConfigError, DatasetError, OutputError) as e:  # bad configuration, data or output: one line naming it
-        raise SystemExit(f"error: {e}") from None
+    """Run (or resume) a training run; returns 0 when done, EXIT_STOPPED (75) when a signal stopped it after a
+    checkpoint, and exits with a one-line error on bad options, data, storage or checkpoints."""
+    # Installed first: a signal during start-up is honoured at the first step boundary.
+    with StopRequest() as stop, contextlib.ExitStack() as held:
+        try:
+            return train(argv, stop, held)
+        except (ConfigError, DatasetError, OutputError, CheckpointError, RunDirError) as e:  # one line naming it
+            raise SystemExit(f"error: {e}") from None
+        except StorageError as e:  # an unreachable shard server: not bad data; the message names the URL and cause
+            raise SystemExit(f"error: {storage_message(e)}") from None
 
 
-def train(argv: list[str] | None = None) -> int:
-    """The training run itself (``main`` turns configuration errors into a one-line exit)."""
+def storage_message(e: StorageError) -> str:
+    """The StorageError's own message (a DataLoader worker's arrives wrapped in its traceback text)."""
+    text = str(e)
+    if "Original Traceback" in text:
+        text = text.strip().splitlines()[-1].split("StorageError: ", 1)[-1]
+    return text
+
+
+def train(argv: list[str] | None, stop: StopRequest, held: contextlib.ExitStack) -> int:
+    """The training run itself (``main`` turns configuration errors into a one-line exit; ``held`` releases the
+    run directory's lock when the run ends)."""
     # ------------------------------------------------------------------------------------------
     # Config
     # ------------------------------------------------------------------------------------------
@@ -365,8 +399,20 @@ def train(argv: list[str] | None = None) -> int:
     main_process = accelerator.is_main_process
     set_seed(tc.seed, device_specific=True)  # dropout / drop-path differ per rank, reproducibly
     if main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(run_dir / "config.json", cfg.to_json())  # the resolved configuration of this run
+        held.enter_context(run_dir_lock(run_dir))
+    accelerator.wait_for_everyone()
+    # The checkpoint to resume from: verified file by file, with this run's configuration (else refused).
+    resume = find_resume_point(accelerator, run_dir, args.resume, cfg, args.allow_config_change)
+    start = resume[1]["step"] if resume else 0
+    if main_process:
+        def init() -> None:
+            write_atomic(run_dir / "config.json", cfg.to_json())  # the resolved configuration of this run
+            trim_log(run_dir / "metrics.jsonl", start)  # the steps after `start` are redone: no duplicate lines
+
+        write_or_stop(run_dir / "config.json", init, run_dir)
+    accelerator.wait_for_everyone()
+    if tc.log_pairs:
+        trim_log(run_dir / f"pairs_rank{accelerator.process_index}.jsonl", start)
 
     # ------------------------------------------------------------------------------------------
     # Model, data, optimizer, schedule
@@ -403,13 +449,13 @@ def train(argv: list[str] | None = None) -> int:
     # ------------------------------------------------------------------------------------------
     # Checkpoints and resume
     # ------------------------------------------------------------------------------------------
+    # The schedule is a function of the configuration and the step: it is not part of a checkpoint.
     state = TrainState()
-    accelerator.register_for_checkpointing(scheduler, state)
-    ckpts = Checkpoints(accelerator, run_dir, raw_model, state, cfg.variant, tc.keep_checkpoints,
-                        zero_stage(ds) if is_ds else None)
-    resumed = ckpts.resume(args.resume)
-    if resumed is not None:
-        accelerator.print(f"resumed from {resumed} at step {state.step}")
+    ckpts = Checkpoints(accelerator, run_dir, raw_model, optimizer, state, cfg, zero_stage(ds) if is_ds else None,
+                        engine=model if is_ds else None)
+    if resume is not None:
+        ckpts.load(*resume)
+        accelerator.print(f"resumed from {resume[0]} at step {state.step}")
 
     if tc.log_with != "none":
         init_kwargs = {"wandb": {"dir": str(run_dir), "name": run_dir.name}} if tc.log_with == "wandb" else {}
@@ -429,14 +475,20 @@ def train(argv: list[str] | None = None) -> int:
     pairs_file = open(run_dir / f"pairs_rank{rank}.jsonl", "a") if tc.log_pairs else None
     pbar = tqdm(total=total_steps, initial=state.step, disable=not main_process, dynamic_ncols=True, desc="train")
     model.train()
-    last_saved = state.step if resumed is not None else -1
+    last_saved = state.step if resume is not None else -1
+
+    def log_line(f, row: dict) -> None:
+        def write() -> None:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+
+        write_or_stop(Path(f.name), write, run_dir)
 
     def validate() -> None:
         val = evaluate(model, val_ds, accelerator, tc.micro_batch, val_batches, dc.num_workers)
         accelerator.log(val, step=state.step)
         if metrics_file:
-            metrics_file.write(json.dumps({"step": state.step, **val}) + "\n")
-            metrics_file.flush()
+            log_line(metrics_file, {"step": state.step, **val})
         pbar.write(f"step {state.step}: val loss {val['val/loss']:.4f}")
 
     while state.step < total_steps:
@@ -451,9 +503,8 @@ def train(argv: list[str] | None = None) -> int:
             step_batches = [next(batches) for _ in range(accum)]
             if pairs_file:  # which pairs this rank trained on at this step (tests, debugging)
                 idx = [int(p) for b in step_batches for p in b["position"]]  # position in the epoch
-                pairs_file.write(json.dumps({"step": state.step, "epoch": epoch, "indices": idx,
-                                             "keys": [k for b in step_batches for k in b["key"]]}) + "\n")
-                pairs_file.flush()
+                log_line(pairs_file, {"step": state.step, "epoch": epoch, "indices": idx,
+                                      "keys": [k for b in step_batches for k in b["key"]]})
             for b in step_batches:
                 for k, v in b.pop("counters").items():
                     state.counters[k] = state.counters.get(k, 0) + v
@@ -461,9 +512,10 @@ def train(argv: list[str] | None = None) -> int:
             # ------------------------------------------------------------------ the step
             scheduler.step_update(state.step)
             result = train_step(model, optimizer, step_batches, accelerator, trainable=trainable,
-                                grad_clip=tc.grad_clip, deepspeed=is_ds)
+                                grad_clip=tc.grad_clip, deepspeed=is_ds, stop=stop.signal is not None)
             row = result.row()  # one host sync per step
             bad = row.pop("nonfinite") > 0
+            stopping = row.pop("stop") > 0  # some rank got SIGTERM/SIGUSR1: every rank stops after this step
             state.bad_steps += bad
             state.bad_in_row = state.bad_in_row + 1 if bad else 0
             state.step += 1
@@ -474,8 +526,7 @@ def train(argv: list[str] | None = None) -> int:
             row = {"step": state.step, "epoch": epoch, **row, "lr": optimizer.param_groups[0]["lr"], "bad": bad,
                    "pairs_per_s": tc.global_batch / dt, "mem_gb": memory_gb(accelerator.device)}
             if metrics_file:
-                metrics_file.write(json.dumps(row) + "\n")
-                metrics_file.flush()
+                log_line(metrics_file, row)
             if state.step % tc.log_every == 0 or state.step == total_steps:
                 pbar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", pairs_s=f"{row['pairs_per_s']:.1f}",
                                  mem=f"{row['mem_gb']:.2f}G")
@@ -497,9 +548,20 @@ def train(argv: list[str] | None = None) -> int:
                                  f"and trainable weights are in {dump}")
 
             # ------------------------------------------------------------------ checkpoint
-            if tc.save_every > 0 and state.step % tc.save_every == 0:
+            if (tc.save_every > 0 and state.step % tc.save_every == 0) or (stopping and last_saved != state.step):
                 ckpts.save()
                 last_saved = state.step
+            if stopping and state.step < total_steps:  # SLURM requeues the job (scripts/slurm), which resumes
+                accelerator.print(f"stopped at step {state.step} by {stop.signal or 'a signal to another rank'}: "
+                                  f"checkpoint {run_dir / 'checkpoints' / f'step_{state.step:08d}'} saved; run again "
+                                  "with --resume auto to continue")
+                for f in (metrics_file, pairs_file):
+                    if f:
+                        f.close()
+                pbar.close()
+                accelerator.wait_for_everyone()
+                accelerator.end_training()
+                return EXIT_STOPPED
 
     # ------------------------------------------------------------------------------------------
     # End: final checkpoint and the trainable weights at the top of the run directory
@@ -509,8 +571,13 @@ def train(argv: list[str] | None = None) -> int:
     if last_saved != state.step:
         ckpts.save()
     if main_process:
-        with atomic_path(run_dir / "model.safetensors") as tmp:
-            shutil.copyfile(complete_checkpoints(run_dir)[-1] / "model.safetensors", tmp)
+        newest = run_dir / "checkpoints" / f"step_{state.step:08d}" / "model.safetensors"
+
+        def copy_weights() -> None:
+            with atomic_path(run_dir / "model.safetensors") as tmp:
+                shutil.copyfile(newest, tmp)
+
+        write_or_stop(run_dir / "model.safetensors", copy_weights, run_dir)
         metrics_file.close()
     if pairs_file:
         pairs_file.close()

@@ -2,7 +2,7 @@
 
     micro-batches (host) -> device -> positives normaliser over every rank and micro-batch
       -> per micro-batch: forward (autocast), loss (fp32), backward (gradients accumulate)
-      -> one all-reduce of [loss, bce, giou, non-finite count] -> skip or: clip -> optimizer step
+      -> one all-reduce of [loss, bce, giou, non-finite count, stop requests] -> skip or: clip -> optimizer step
 
 The training loop (``lorat_scale.train.loop``) runs it through accelerate's ``Accelerator``;
 the dry run and the memory estimate (``lorat_scale.memory.estimate``) run it on fake CUDA tensors
@@ -16,6 +16,9 @@ over all ranks (in the same all-reduce as the logged losses) decides whether the
 every rank skips alike. Under DeepSpeed the engine updates inside the last ``backward``, so each
 micro-batch is checked first (one small all-reduce each) and a non-finite one is replaced by a
 zero-gradient stand-in; the finite micro-batches of that step are applied.
+
+Stop requests (SIGTERM/SIGUSR1 on any rank, the training loop's ``stop``) ride in the same all-reduce, so
+every rank learns at the same step that some rank was asked to stop, at no extra collective.
 """
 from __future__ import annotations
 
@@ -40,7 +43,8 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 @dataclasses.dataclass
 class StepResult:
-    """What one step did. ``totals`` = global [loss, loss_bce, loss_giou] means and the non-finite count."""
+    """What one step did. ``totals`` = global [loss, loss_bce, loss_giou] means, the non-finite count and the
+    number of ranks asked to stop."""
 
     totals: torch.Tensor  # on the device; the loop reads it once per step (one host sync)
     grad_norm: torch.Tensor | float | None  # None when the step was skipped or clipping is off
@@ -48,12 +52,12 @@ class StepResult:
     updated: bool  # whether the optimizer stepped
 
     def row(self) -> dict[str, Any]:
-        """Plain numbers for the log (one host sync): loss, loss_bce, loss_giou, nonfinite, grad_norm (if any)."""
+        """Plain numbers (one host sync): loss, loss_bce, loss_giou, nonfinite, stop, grad_norm (if any)."""
         values = self.totals
         if torch.is_tensor(self.grad_norm):
             values = torch.cat([values, self.grad_norm.detach().reshape(1).to(values)])
-        loss, bce, giou, bad, *norm = values.tolist()
-        row = {"loss": loss, "loss_bce": bce, "loss_giou": giou, "nonfinite": int(bad)}
+        loss, bce, giou, bad, stop, *norm = values.tolist()
+        row = {"loss": loss, "loss_bce": bce, "loss_giou": giou, "nonfinite": int(bad), "stop": int(stop)}
         if self.grad_norm is not None:
             row["grad_norm"] = norm[0] if norm else float(self.grad_norm)
         return row
@@ -61,9 +65,10 @@ class StepResult:
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches: list[dict], runner: Any, *,
                trainable: list[nn.Parameter], grad_clip: float, deepspeed: bool = False,
-               loss_fn: LossFn | None = None, host_sync: bool = True) -> StepResult:
+               loss_fn: LossFn | None = None, host_sync: bool = True, stop: bool = False) -> StepResult:
     """One optimizer step over this rank's micro-batches ``batches`` (host tensors).
 
+    ``stop``: this rank was asked to stop (a signal); summed over the ranks into ``totals[4]``.
     ``deepspeed``: ``model`` is a DeepSpeed engine (it clips and steps inside the last backward).
     ``host_sync=False`` (the dry run, whose fake tensors hold no values) traces the finite path
     without reading any value back; every collective still runs. ``loss_fn``: default
@@ -76,7 +81,10 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches: list
     # The normaliser is known before any forward (positive maps come with the data); its count is
     # all-reduced, so it must be a device tensor (NCCL has no CPU backend).
     n_pos = positives_normalizer([b["positive_map"] for b in batches])
-    stats = torch.zeros(4, device=device)  # loss, bce, giou (this rank's micro-batches), non-finite count
+    # loss, bce, giou (this rank's micro-batches), non-finite count, stop request
+    stats = torch.zeros(5, device=device)
+    if stop:
+        stats[4] = 1.0
     parts = []
     for b in batches:
         with runner.accumulate(model):
@@ -91,10 +99,10 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches: list
                     # A zero-gradient stand-in keeps every rank's engine hooks and counters in step.
                     loss = sum(p.sum() for p in trainable) * 0.0
             runner.backward(loss)
-            stats += torch.stack([res["loss"].detach(), res["loss_bce"].detach(), res["loss_giou"].detach(), bad])
+            stats[:4] += torch.stack([res["loss"].detach(), res["loss_bce"].detach(), res["loss_giou"].detach(), bad])
             parts.append({k: res[k].detach() for k in ("loss", "loss_bce", "loss_giou", "num_positives")})
     totals = runner.reduce(stats, "sum")
-    totals = torch.cat([totals[:3] / (accum * runner.num_processes), totals[3:]])  # means; the count stays a sum
+    totals = torch.cat([totals[:3] / (accum * runner.num_processes), totals[3:]])  # means; the counts stay sums
     if deepspeed:  # stepped already: the engine's own norm (accelerate's clip_grad_norm_ may return None)
         return StepResult(totals, model.get_global_grad_norm(), parts, updated=True)
     if host_sync and totals[3].item() > 0:
