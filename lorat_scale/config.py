@@ -157,6 +157,13 @@ class DataConfig:
     # Decode JPEGs at 1/2, 1/4 or 1/8 size (libjpeg DCT scaling) when the crop shrinks the frame at least that
     # much. Faster on large frames, not bit-exact (scripts/bench_data.py prints the largest pixel difference).
     reduced_decode: bool = False
+    # Decode only the rows and columns of a JPEG that its crops read (libjpeg-turbo partial decoding): the same
+    # pixels as the full decode, bit for bit. Crops that need padding (the frame's mean colour) decode the whole
+    # frame; without the decoder (decode.region_decoding() says why) every frame is decoded whole.
+    region_decode: bool = True
+    # libjpeg-turbo's fast integer IDCT and fast chroma upsampling for frames decoded whole or reduced (region
+    # decodes stay accurate). Not bit-exact (scripts/bench_data.py prints the largest pixel difference).
+    fast_jpeg: bool = False
     # Reading shards over the network or a parallel file system: retries of a failed read (>= 0), the first
     # backoff in seconds (> 0; doubles per retry, capped at 30 s) and the connect/read timeout in seconds (> 0).
     io_retries: Count0 = 5
