@@ -67,14 +67,18 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     """Fine-tune S-224 on the sample data, track its sequences, print metrics and the report."""
     from .quickstart import run_quickstart
 
-    return run_quickstart(data=args.data, out=args.out, steps=args.steps, batch=args.batch)
+    from .recipes import quickstart as recipe
+
+    return run_quickstart(data=args.data, out=args.out, steps=args.steps or recipe.STEPS,
+                          batch=args.batch or recipe.BATCH)
 
 
 def _add_quickstart(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="", help="shared/data folder (default: ../shared/data or $LORAT_SHARED)")
     p.add_argument("--out", default="runs/quickstart", help="run folder (training, results, report)")
-    p.add_argument("--steps", type=int, default=100, help="optimizer steps of the fine-tuning")
-    p.add_argument("--batch", type=int, default=8, help="pairs per step")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps of the fine-tuning (default: the "
+                   "quickstart recipe's, 150)")
+    p.add_argument("--batch", type=int, default=None, help="pairs per step (default: the recipe's, 8)")
 
 
 def _cmd_convert_checkpoint(args: argparse.Namespace) -> int:
@@ -499,9 +503,11 @@ def _cmd_estimate_memory(args: argparse.Namespace) -> int:
 def _add_estimate_memory(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", default="S-224", help="variant preset, e.g. g-378")
     p.add_argument("--batch", type=int, default=16, help="micro-batch per GPU")
-    # The presets live in memory.estimate.MEMORY_SAVING (not imported here: keeps --help fast).
-    p.add_argument("--memory-saving", default="none", choices=["none", "max"],
-                   help="max: every memory-saving option, most headroom (applied before the overrides)")
+    from .recipes.memory_saving import SETS
+
+    p.add_argument("--memory-saving", default="none", choices=list(SETS),
+                   help="max: every memory-saving option, most headroom (applied before the overrides; "
+                   "the sets are in lorat_scale/recipes/memory_saving.py)")
     p.add_argument("--full-depth", action="store_true",
                    help="trace every block (default for L/g: trace 2 and 4 blocks and extrapolate; same result)")
     add_overrides(p, "model.frozen_dtype=int8")

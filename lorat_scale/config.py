@@ -130,6 +130,10 @@ class DataConfig:
     # Sources: comma-free list of "name=path" entries or shard URL patterns (see README).
     train_sources: list[str] = field(default_factory=list)
     val_sources: list[str] = field(default_factory=list)
+    # The periodic tracking check (train.track_every_epochs): "benchmark[:seq+seq]=root" entries with a
+    # benchmark of lorat-scale evaluate (got10k_val, lasot, otb, ...), e.g. got10k_val=/data/GOT-10k or
+    # lasot:airplane-1+bird-2=/data/LaSOT (only the named sequences).
+    track_sources: list[str] = field(default_factory=list)
     weights: list[NonNegative] = field(default_factory=list)  # per-source sampling weight (default equal)
     pairs_per_epoch: Count = 131072  # training pairs per epoch (LoRAT: 131,072)
     val_pairs_per_epoch: Count = 4096  # validation pairs (GOT-10k val in LoRAT)
@@ -152,6 +156,13 @@ class DataConfig:
     # Decode JPEGs at 1/2, 1/4 or 1/8 size (libjpeg DCT scaling) when the crop shrinks the frame at least that
     # much. Faster on large frames, not bit-exact (scripts/bench_data.py prints the largest pixel difference).
     reduced_decode: bool = False
+    # Decode only the rows and columns of a JPEG that its crops read (libjpeg-turbo partial decoding): the same
+    # pixels as the full decode, bit for bit. Crops that need padding (the frame's mean colour) decode the whole
+    # frame; without the decoder (decode.region_decoding() says why) every frame is decoded whole.
+    region_decode: bool = True
+    # libjpeg-turbo's fast integer IDCT and fast chroma upsampling for frames decoded whole or reduced (region
+    # decodes stay accurate). Not bit-exact (scripts/bench_data.py prints the largest pixel difference).
+    fast_jpeg: bool = False
     # Reading shards over the network or a parallel file system: retries of a failed read (>= 0), the first
     # backoff in seconds (> 0; doubles per retry, capped at 30 s) and the connect/read timeout in seconds (> 0).
     io_retries: Count0 = 5
@@ -214,6 +225,13 @@ class TrainConfig:
     wandb_project: Annotated[str, MinLen(1)] = "lorat_scale"  # used when log_with = "wandb"
     ds_config: str = ""  # DeepSpeed JSON (lorat-scale train --ds); "" = DDP / single process
     val_batches: Count0 = 0  # micro-batches per rank per validation run (0 = all val_pairs_per_epoch)
+    # Tracking check: the current weights track data.track_sources every N epochs (fractions allowed) and
+    # at the end; AUC / AO / ... go to the log and metrics.jsonl (the paper: GOT-10k val every 10 epochs).
+    # 0 = off. Ranks split the sequences; the first N sequences / frames per sequence (0 = all) bound the cost.
+    track_every_epochs: NonNegative = 0.0
+    track_max_sequences: Count0 = 0
+    track_max_frames: Count0 = 0
+    track_batch: Count = 32  # sequences advanced together in one forward (the reference's periodic test: 32)
     log_pairs: bool = False  # write each rank's pair indices/keys per step to pairs_rank{r}.jsonl (debug, tests)
 
 

@@ -48,12 +48,13 @@ sys.path.insert(0, str(ROOT / "scripts"))  # bench_memory, bench_track
 import torch  # noqa: E402
 
 from lorat_scale.config import load_config  # noqa: E402
-from lorat_scale.memory.estimate import GiB, MEMORY_SAVING, default_probes, estimate, make_batch  # noqa: E402
+from lorat_scale.memory.estimate import GiB, default_probes, estimate, make_batch  # noqa: E402
+from lorat_scale.recipes import memory_saving  # noqa: E402
 from lorat_scale.outputs import write_atomic  # noqa: E402
 
 CARRY = ROOT / ".gpu"  # what --prepare writes and the device tool carries
 OPTION_SETS = {"none": [], "ckpt+bf16": ["model.grad_checkpointing=true", "model.frozen_dtype=bf16"],
-               "max": MEMORY_SAVING["max"]}
+               "max": memory_saving.SETS["max"]}
 TINY = ["model.embed_dim=64", "model.depth=1", "model.num_heads=2", "model.lora_r=4", "model.lora_alpha=4",
         "model.template_size=28", "model.search_size=56", "model.pretrain_grid=6"]
 

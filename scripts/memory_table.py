@@ -14,7 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lorat_scale.memory.estimate import GiB, MEMORY_SAVING, default_probes, estimate, resolve_config  # noqa: E402
+from lorat_scale.memory.estimate import GiB, default_probes, estimate, resolve_config  # noqa: E402
+from lorat_scale.recipes import memory_saving  # noqa: E402
 from lorat_scale.outputs import write_atomic  # noqa: E402
 
 VARIANTS = ["B-224", "B-378", "L-224", "L-378", "g-224", "g-378"]
@@ -27,7 +28,7 @@ OPTION_SETS: list[tuple[str, list[str]]] = [
     ("D int8 frozen + checkpointing", ["model.frozen_dtype=int8", "model.grad_checkpointing=true"]),
     ("E nf4 frozen, no checkpointing", ["model.frozen_dtype=nf4"]),
     ("F nf4 frozen + checkpointing", ["model.frozen_dtype=nf4", "model.grad_checkpointing=true"]),
-    ("G max: nf4 + checkpointing + AdamW8bit", MEMORY_SAVING["max"]),
+    ("G max: nf4 + checkpointing + AdamW8bit", memory_saving.SETS["max"]),
 ]
 GOALS = {"g-378": 12e9, "g-224": 8e9}  # bytes (GB = 10^9 B; the conservative reading)
 
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(rows[-1], flush=True)
     table = "\n".join(rows)
-    text = TEMPLATE.format(batch=args.batch, table=table, max_opts=" ".join(MEMORY_SAVING["max"]),
+    text = TEMPLATE.format(batch=args.batch, table=table, max_opts=" ".join(memory_saving.SETS["max"]),
                            seconds=time.perf_counter() - t0)
     write_atomic(args.out, text)
     print(f"wrote {args.out}")

@@ -8,7 +8,7 @@ extras="${1:-dev}"
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-stamp=".venv/.installed-$(cat setup.cfg pyproject.toml constraints.txt | sha1sum | cut -c1-12)-${extras}"
+stamp=".venv/.installed-$(cat setup.cfg setup.py pyproject.toml constraints.txt | sha1sum | cut -c1-12)-${extras}"
 if [ ! -f "$stamp" ]; then
   cons=(-c constraints.txt)
   [ "${LORAT_NO_CONSTRAINTS:-0}" = 1 ] && cons=()

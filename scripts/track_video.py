@@ -28,6 +28,7 @@ from lorat_scale.boxes import xyxy_to_xywh  # noqa: E402
 from lorat_scale.cli import add_overrides, parse_with_overrides  # noqa: E402
 from lorat_scale.config import ConfigError  # noqa: E402
 from lorat_scale.demo import sample_tracker  # noqa: E402
+from lorat_scale.evaluation.visualize import draw_box, draw_label  # noqa: E402
 from lorat_scale.outputs import OutputError, atomic_path, check_outputs  # noqa: E402
 from lorat_scale.tracking.tracker import Tracker  # noqa: E402
 
@@ -72,12 +73,8 @@ def select_roi(frame_bgr: np.ndarray) -> np.ndarray:
 def draw(frame_bgr: np.ndarray, box: np.ndarray, score: float | None, index: int) -> np.ndarray:
     """Box, score and frame index drawn on a copy of the frame."""
     out = frame_bgr.copy()
-    x1, y1, x2, y2 = (int(round(v)) for v in box)
-    cv2.rectangle(out, (x1, y1), (x2, y2), (0, 255, 0), 2)
-    label = f"#{index}" + ("  init" if score is None else f"  score {score:.2f}")
-    (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.6, 1)
-    cv2.rectangle(out, (4, 22 - th - 4), (12 + tw, 22 + base), (0, 0, 0), -1)  # legible on any background
-    cv2.putText(out, label, (8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 255, 255), 1, cv2.LINE_AA)
+    draw_box(out, box, (0, 255, 0))
+    draw_label(out, f"#{index}" + ("  init" if score is None else f"  score {score:.2f}"), 0, (0, 255, 255), 0.6)
     return out
 
 

@@ -27,7 +27,10 @@ from lorat_scale.data.readers import (AnnotationError, DatasetError, FrameError,
 from lorat_scale.data.sequence import BadImageError
 
 FRAME = "lasot/airplane/airplane-1/img/00000050.jpg"
-RAISE, SKIP = DataConfig(on_bad_sample="raise", seed=1), DataConfig(on_bad_sample="skip", seed=1)
+# Whole-frame decoding: damage anywhere in a frame is found (region decoding, the default, sees only the rows its
+# crops read: tests/test_region_decode.py).
+RAISE = DataConfig(on_bad_sample="raise", seed=1, region_decode=False)
+SKIP = DataConfig(on_bad_sample="skip", seed=1, region_decode=False)
 
 
 def corrupt_jpeg(data: bytes, n: int = 200) -> bytes:
@@ -88,7 +91,7 @@ def test_corrupt_frame_is_skipped_or_raised_in_training_and_found_by_check_data(
     assert s["key"].startswith("custom/seq1/") and s["counters"]["bad_frames"] >= 1
     with pytest.raises(PairSamplingError, match=rf"last error: {bad_path}: cannot decode"):
         make_pair([bad], SKIP, np.random.default_rng(0), 112, 224)
-    # check-data --decode decodes as training does.
+    # check-data --decode decodes whole frames, as training does with data.region_decode=false.
     assert cli(["check-data", "--format", "custom", "--root", str(root), "--decode", "--num-workers", "2"]) == 1
     out = capsys.readouterr().out
     assert f"{bad_path}: cannot decode image (corrupt JPEG data" in out and "corrupt frames 1" in out

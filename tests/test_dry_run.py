@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from lorat_scale.config import ConfigError
-from lorat_scale.memory.estimate import MEMORY_SAVING, dry_run, resolve_config
+from lorat_scale.memory.estimate import dry_run, resolve_config
+from lorat_scale.recipes.memory_saving import SETS
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["model.depth=2"]
@@ -59,7 +60,7 @@ def test_ddp_traffic_is_every_gradient_once_and_memory_does_not_depend_on_the_wo
 
 def test_memory_options_change_what_they_should(runs):
     none, saving = runs[(8, "none")], runs[(8, "max")]
-    assert "model.grad_checkpointing=true" in MEMORY_SAVING["max"]
+    assert "model.grad_checkpointing=true" in SETS["max"]
     # Two small blocks: trainable weights and gradients weigh more here than in any real variant.
     assert saving.memory.traced < 0.8 * none.memory.traced
     assert saving.memory.activations < 0.5 * none.memory.activations  # checkpointing

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from lorat_scale.config import load_config
+from lorat_scale.recipes import memory_saving
 from lorat_scale.memory.estimate import (
     ADAM8_BLOCK,
     ADAM8_MIN,
     BLOCK,
-    MEMORY_SAVING,
     dense_loss,
     estimate,
     exact_terms,
@@ -122,12 +122,12 @@ def test_memory_saving_max_meets_the_goals_for_g():
     for variant, goal in (("g-378", 12e9), ("g-224", 8e9)):
         e = estimate(resolve_config(variant, 16, memory_saving="max"), probe_depths=(2, 4))
         assert e.peak <= goal, (variant, e.report())
-    assert "model.grad_checkpointing=true" in MEMORY_SAVING["max"]
+    assert "model.grad_checkpointing=true" in memory_saving.SETS["max"]
     from lorat_scale.cli import main
 
     with pytest.raises(SystemExit):  # the CLI's choices are the presets
         main(["estimate-memory", "--memory-saving", "nope"])
-    assert set(MEMORY_SAVING) == {"none", "max"}
+    assert set(memory_saving.SETS) == {"none", "max"}
 
 
 def test_dense_loss_equals_the_project_loss():

@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 import time
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -125,9 +127,19 @@ def test_got10k_splits_absence_and_test(tmp_path, shared_data):
         read_dataset("got10k", root, "vot_train", split_file=root / "bad.txt")
 
 
-def test_got10k_vot_train_split_file_is_real(shared_data):
-    idx = [int(t) for t in (shared_data / "splits/got10k_vot_train_split.txt").read_text().split()]
-    assert len(idx) == 7086 and len(set(idx)) == 7086 and min(idx) >= 0
+def test_got10k_vot_split_files_ship_in_the_package(tmp_path, shared_data):
+    from lorat_scale.data.readers import got10k
+
+    idx = {}
+    for split, n in (("vot_train", 7086), ("vot_val", 1249)):
+        shipped = got10k._subset_file(tmp_path, split, None)  # no file in the root: the package's copy
+        assert shipped.parent == got10k.SPLITS_DIR and str(shipped).startswith(str(Path(got10k.__file__).parent))
+        assert shipped.read_bytes() == (shared_data / "splits" / shipped.name).read_bytes()
+        idx[split] = [int(t) for t in shipped.read_text().split()]
+        assert len(idx[split]) == n == len(set(idx[split])) and min(idx[split]) >= 0
+    assert not set(idx["vot_train"]) & set(idx["vot_val"])
+    (tmp_path / got10k.SUBSETS["vot_train"]).write_text("0\n")  # a copy in the dataset root wins
+    assert got10k._subset_file(tmp_path, "vot_train", None) == tmp_path / got10k.SUBSETS["vot_train"]
 
 
 def test_trackingnet_chunks_and_test(tmp_path, shared_data):

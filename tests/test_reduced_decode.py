@@ -55,3 +55,19 @@ def test_pairs_with_reduced_decode(tmp_path, shared_data):
         reduced += b["counters"]["reduced_frames"]
         assert "reduced_frames" not in a["counters"]
     assert reduced >= 12  # most frames decoded at 1/2
+
+
+def test_fast_jpeg_is_close_but_not_exact_and_reaches_the_pairs(shared_data):
+    """data.fast_jpeg: libjpeg-turbo's fast IDCT/upsampling for whole and reduced decodes; a few levels off the exact
+    decode; region decodes (exact) are not affected; the pair sampler passes the option through."""
+    data = (shared_data / "vot/vot15_ball1/imgs/00000001.jpg").read_bytes()
+    exact, fast = decode_image(data), decode_image(data, fast=True)
+    diff = np.abs(exact.astype(int) - fast)
+    assert fast.shape == exact.shape and 0 < diff.max() <= 64 and diff.mean() < 2.0
+    half, f = decode_image_reduced(data, 0.5, fast=True)
+    assert f == 0.5 and not np.array_equal(half, decode_image_reduced(data, 0.5)[0])
+    seqs = read_dataset("vot", shared_data / "vot")
+    cfg = DataConfig(pairs_per_epoch=8, seed=2, region_decode=False)
+    a = PairDataset([seqs], cfg, 112, 224)[0]
+    b = PairDataset([seqs], dataclasses.replace(cfg, fast_jpeg=True), 112, 224)[0]
+    assert torch.equal(a["target_box"], b["target_box"]) and not torch.equal(a["x"], b["x"])

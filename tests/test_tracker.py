@@ -104,3 +104,23 @@ def test_errors_are_clear():
     box, score = t.track(frame)
     assert box.shape == (4,) and 0 <= score <= 1
     assert (box >= 0).all() and box[2] <= 80 and box[3] <= 60
+
+
+def test_batched_ope_equals_one_sequence_at_a_time(golden: Path, shared_data: Path, golden_tracker: Tracker):
+    """run_sequences_batched (2 slots for 3 sequences of different lengths) == run_sequence on each."""
+    from lorat_scale.evaluation.benchmarks import load_sequences
+    from lorat_scale.evaluation.runner import run_sequence, run_sequences_batched
+
+    seqs = [*load_sequences("otb", shared_data / "otb", "Crossing"), *load_sequences("vot", shared_data / "vot", "bag"),
+            *load_sequences("lasot", shared_data / "lasot", "airplane-1")]
+    for s, n in zip(seqs, (6, 3, 5)):
+        s.frames, s.boxes, s.valid = s.frames[:n], s.boxes[:n], s.valid[:n]
+    bt = BatchTracker(golden_tracker.model, golden_tracker.config, device="cpu")
+    batched = run_sequences_batched(bt, seqs, batch=2)
+    assert [len(b) for b in batched] == [6, 3, 5] and not bt.targets  # finished targets are removed
+    for seq, boxes in zip(seqs, batched):
+        alone, _ = run_sequence(golden_tracker, seq)
+        np.testing.assert_allclose(boxes, alone, atol=1e-3, rtol=0, err_msg=seq.name)
+    seqs[1].boxes[0] = np.nan
+    with pytest.raises(ValueError, match="vot/bag: frame 0 has no usable box"):
+        run_sequences_batched(bt, seqs, batch=2)

@@ -426,3 +426,79 @@ def test_shard_training_resumes_exactly(train_module, tmp_path, shared_data, acc
     rows = [json.loads(x) for x in (ref / "pairs_rank0.jsonl").read_text().splitlines()]
     # Stream positions: each of an epoch's 16 pairs once (epoch 0: steps 1-4 use positions 0..15).
     assert sorted(p for r in rows if r["epoch"] == 0 for p in r["indices"]) == list(range(16))
+
+
+# ---------------------------------------------------------------------------------------------------- tracking check
+def track_rows(run_dir: Path) -> list[dict]:
+    return [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+            if any(k.startswith("track/") for k in r)]
+
+
+def test_tracking_check_during_training_scores_what_the_saved_tracker_tracks(train_module, sources, shared_data,
+                                                                             tmp_path):
+    """Every half epoch and at the end the weights track LaSOT airplane-1 and OTB Crossing (first 12 frames);
+    the last check's scores equal lorat-scale evaluate's path: the saved checkpoint, a merged Tracker, one
+    sequence at a time."""
+    from lorat_scale.config import load_config
+    from lorat_scale.evaluation.benchmarks import load_ground_truth, load_sequences
+    from lorat_scale.evaluation.runner import evaluate_results, run_benchmark
+    from lorat_scale.models import build_model
+    from lorat_scale.models.weights import load_trainable
+    from lorat_scale.tracking import Tracker
+
+    run = tmp_path / "run"
+    lasot, otb = shared_data / "lasot", shared_data / "otb"
+    argv = ["--variant", "S-224", *TINY, sources[0], "data.pairs_per_epoch=16", "train.global_batch=4",
+            "train.micro_batch=4", "train.epochs=1", "train.warmup_epochs=0", "train.lr=3e-3", "train.save_every=0",
+            f"data.track_sources=[lasot:airplane-1={lasot},otb={otb}]", "train.track_every_epochs=0.5",
+            "train.track_max_frames=12", "train.track_batch=2", f"train.output_dir={run}"]
+    assert run_inprocess(train_module, argv) == 0
+    rows = track_rows(run)
+    assert [r["step"] for r in rows] == [2, 4]  # 4 steps an epoch: after step 2, and the end
+    for r in rows:
+        assert set(r) >= {"track/lasot/AUC", "track/lasot/P", "track/lasot/P_norm", "track/otb/AUC", "track/seconds"}
+    folders = sorted(p.name for p in (run / "tracking" / "lasot" / "lorat").iterdir())
+    assert folders == ["step_00000002_000", "step_00000004_000"]
+    assert len((run / "tracking" / "otb" / "lorat" / "step_00000004_000" / "Crossing.txt").read_text().split("\n")) == 13
+
+    # The same weights through the evaluation path (checkpoint -> merged Tracker, one sequence at a time); the
+    # random tiny backbone is rebuilt from its fixed seed.
+    def factory():
+        cfg = load_config("S-224", TINY[:8])
+        model = build_model(cfg.model)
+        load_trainable(model, run / "model.safetensors")
+        return Tracker(model, cfg, device="cpu")
+
+    torch.set_num_threads(1)
+    try:
+        for bench, root, names in (("lasot", lasot, ["airplane-1"]), ("otb", otb, [])):
+            seqs = load_sequences(bench, root, names)
+            for s in seqs:
+                s.frames, s.boxes, s.valid = s.frames[:12], s.boxes[:12], s.valid[:12]
+            run_benchmark(factory, seqs, tmp_path / "eval" / bench, "lorat", "final", log=None)
+            gts = load_ground_truth(bench, root, [s.name for s in seqs])
+            s = evaluate_results(gts, tmp_path / "eval" / bench, "lorat", "final", "stark", bench, length="truncate")
+            for k, v in s.scores.items():
+                assert abs(rows[-1][f"track/{bench}/{k}"] - v) < 1e-9, (bench, k, rows[-1], s.scores)
+    finally:
+        torch.set_num_threads(2)
+
+
+def test_tracking_check_options_are_checked_before_training(train_module, sources, shared_data, tmp_path):
+    from lorat_scale.config import load_config
+    from lorat_scale.train.distributed import check_run
+
+    with pytest.raises(ConfigError, match="train.track_every_epochs is set but data.track_sources is empty"):
+        check_run(load_config("S-224", ["train.track_every_epochs=1"]), None, "cpu")
+    zero3 = json.loads((ROOT / "ds_configs" / "zero3.json").read_text())
+    with pytest.raises(ConfigError, match="train.track_every_epochs with ZeRO-3"):
+        check_run(load_config("S-224", ["train.track_every_epochs=1", "data.track_sources=[otb=/x]"]), zero3, "cuda")
+    base = ["--variant", "S-224", *TINY, sources[0], "train.epochs=1", "data.pairs_per_epoch=4", "train.global_batch=4",
+            "train.micro_batch=4", f"train.output_dir={tmp_path / 'run'}", "train.track_every_epochs=1"]
+    for entry, message in ((f"got10k_test={tmp_path}", "GOT-10k test withholds its ground truth"),
+                           (f"nope={tmp_path}", "unknown benchmark 'nope'"),
+                           (f"{shared_data / 'otb'}", "must look like benchmark"),
+                           (f"lasot:airplane-9={shared_data / 'lasot'}", r"no sequence\(s\) \['airplane-9'\]")):
+        with pytest.raises(SystemExit, match=f"error: data.track_sources entry .*{message}"):
+            run_inprocess(train_module, [*base, f"data.track_sources=[{entry}]"])
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # nothing trained

@@ -171,11 +171,15 @@ def crop_image(
     params_requested: np.ndarray,
     out_size: int | _Seq[int],
     pad_rgb: np.ndarray | _Seq[float] | None = None,
+    region: tuple[int, int, int, int] | None = None,
 ) -> tuple[torch.Tensor, np.ndarray]:
     """Crop ``frame`` (uint8 HWC RGB) -> (float32 CHW 0..255 crop, adjusted float64 (2, 2) params).
 
     ``pad_rgb`` fills the area outside the frame; None = this frame's ``image_mean``, computed only
     when the crop needs padding (the tracker passes the template frame's mean instead).
+    ``region`` (W, H, x0, y0): ``frame`` is only the part of a W x H frame whose top-left pixel is (x0, y0)
+    (a region decode, decode.decode_region); it must hold every pixel the crop reads. The crop is the
+    same as from the whole frame, bit for bit.
     """
     if not (isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3):
         raise ValueError(
@@ -183,10 +187,14 @@ def crop_image(
             f"{getattr(frame, 'dtype', '')} {getattr(frame, 'shape', '')}"
         )
     ow, oh = _size_wh(out_size)
-    fh, fw = frame.shape[:2]
+    fw, fh, ox, oy = (frame.shape[1], frame.shape[0], 0, 0) if region is None else region
     dst, src = crop_regions((fw, fh), params_requested, (ow, oh))
     dw, dh = dst[2] - dst[0], dst[3] - dst[1]
     sw, sh = src[2] - src[0], src[3] - src[1]
+    if region is not None and (src[0] < ox or src[1] < oy or src[2] > ox + frame.shape[1]
+                               or src[3] > oy + frame.shape[0] or (pad_rgb is None and dst != (0, 0, ow, oh))):
+        raise ValueError(f"crop reads frame pixels {src} (padding {dst != (0, 0, ow, oh)}), outside the "
+                         f"{frame.shape[1]}x{frame.shape[0]} region at ({ox}, {oy}) it was given")
     if dw <= 0 or dh <= 0 or sw <= 0 or sh <= 0:
         # Nothing of the frame is visible: all padding; the requested params are the best mapping.
         crop = torch.empty((3, oh, ow), dtype=torch.float32)
@@ -197,16 +205,16 @@ def crop_image(
     with warnings.catch_warnings():
         # Decoded frames are often read-only numpy views; the tensor is only read, never written.
         warnings.simplefilter("ignore", UserWarning)
-        view = frame[src[1] : src[3], src[0] : src[2]]  # (sh, sw, 3), no copy
+        view = frame[src[1] - oy : src[3] - oy, src[0] - ox : src[2] - ox]  # (sh, sw, 3), no copy
         if min(view.strides) < 0:  # e.g. a BGR->RGB [..., ::-1] view: torch cannot wrap those
             view = np.ascontiguousarray(view)
-        region = torch.from_numpy(view)
+        pixels = torch.from_numpy(view)
     # permute gives a channels-last NCHW view; F.interpolate's channels-last kernel reads it as is.
-    region = region.permute(2, 0, 1).unsqueeze(0).to(torch.float32)
+    pixels = pixels.permute(2, 0, 1).unsqueeze(0).to(torch.float32)
     if (dw, dh) == (sw, sh):
-        resized = region  # same size: bilinear with align_corners=False is the identity
+        resized = pixels  # same size: bilinear with align_corners=False is the identity
     else:
-        resized = F.interpolate(region, size=(dh, dw), mode="bilinear", align_corners=False, antialias=False)
+        resized = F.interpolate(pixels, size=(dh, dw), mode="bilinear", align_corners=False, antialias=False)
     if dst == (0, 0, ow, oh):
         crop = resized[0].contiguous()
     else:

@@ -19,7 +19,7 @@ import torch
 from lorat_scale.boxes import cell_mask
 from lorat_scale.config import DataConfig
 from lorat_scale.data import augment, crop
-from lorat_scale.data.decode import decode_image_reduced, image_size
+from lorat_scale.data.decode import decode_image, decode_image_reduced, decode_region, image_size, region_decoding
 from lorat_scale.data.sequence import BadImageError, Sequence
 
 __all__ = [
@@ -47,6 +47,8 @@ class PairSamplingError(RuntimeError):
 
 # Encoded bytes and frames read by this process (files or shard ranges); make_pair reports its share.
 IO_COUNTS = {"bytes": 0, "frames": 0}
+# How this process decoded the frames of its pairs read as bytes (_Frame): whole, a region, at a reduced scale.
+DECODE_COUNTS = {"full": 0, "region": 0, "reduced": 0}
 
 
 def read_bytes(seq: Sequence, i: int) -> bytes:
@@ -69,48 +71,68 @@ def load_frame(seq: Sequence, i: int) -> np.ndarray:
 
 
 class _Frame:
-    """One frame of a pair. Exact decoding decodes it at once; with ``reduced`` only the bytes and the header
-    are read here and the pixels are decoded later, at the scale its crop needs (decode.decode_image_reduced)."""
+    """One frame of a pair. Its bytes and header are read at once; its pixels are decoded once its crops are known,
+    in the cheapest way ``cfg`` allows: at a reduced DCT scale (``reduced_decode``), only the region the crops read
+    (``region_decode``, exact), else whole (``fast_jpeg``: with the fast IDCT and upsampling). A custom ``loader``
+    decodes whole frames at once."""
 
-    def __init__(self, seq: Sequence, i: int, loader: FrameLoader, reduced: bool) -> None:
-        self.seq, self.i = seq, i
-        if reduced:
-            self.data: bytes | None = read_bytes(seq, i)
-            try:
-                self.wh = image_size(self.data)
-            except OSError as e:
-                raise BadImageError(f"{seq.frame_name(i)}: cannot decode image ({e})", "corrupt") from e
-            self.img = None
-        else:
-            self.data, self.img = None, loader(seq, i)
+    def __init__(self, seq: Sequence, i: int, loader: FrameLoader, cfg: DataConfig) -> None:
+        self.seq, self.i, self.cfg = seq, i, cfg
+        self.img: np.ndarray | None = None
+        self.factor, self.origin = 1.0, None  # decoded at factor x the frame's size / region's top-left pixel
+        if loader is not load_frame:
+            self.img = loader(seq, i)
             self.wh = (self.img.shape[1], self.img.shape[0])
-        self.factor = 1.0
+            return
+        self.data = read_bytes(seq, i)
+        try:
+            self.wh = image_size(self.data)
+        except OSError as e:
+            raise BadImageError(f"{seq.frame_name(i)}: cannot decode image ({e})", "corrupt") from e
+        want = seq.size_of(i)
+        if want is not None and tuple(self.wh) != tuple(want):
+            raise BadImageError(f"{seq.frame_name(i)}: frame is {self.wh[0]}x{self.wh[1]}, expected {want[0]}x"
+                                f"{want[1]} (the size {seq.key}'s boxes are measured on)", "size")
 
-    def pixels(self, scale: float) -> tuple[np.ndarray, float]:
-        """(uint8 HWC image, its size / the frame's size) for a crop of ``scale`` output px per frame px."""
+    def crops(self, wanted: list[tuple[np.ndarray, int]]) -> list[tuple[torch.Tensor, np.ndarray]]:
+        """``crop.crop_image`` of each (requested params, output size) on this frame (padding: its mean colour)."""
         if self.img is None:
-            name = self.seq.frame_name(self.i)
             try:
-                self.img, self.factor = decode_image_reduced(self.data, scale)
+                self._decode(wanted)
             except OSError as e:
-                raise BadImageError(f"{name}: cannot decode image ({e})", "corrupt") from e
-            want = self.seq.size_of(self.i)
-            if want is not None and tuple(self.wh) != tuple(want):
-                raise BadImageError(f"{name}: frame is {self.wh[0]}x{self.wh[1]}, expected {want[0]}x{want[1]} (the "
-                                    f"size {self.seq.key}'s boxes are measured on)", "size")
-        return self.img, self.factor
+                raise BadImageError(f"{self.seq.frame_name(self.i)}: cannot decode image ({e})", "corrupt") from e
+        return [self._crop(p, out) for p, out in wanted]
 
+    def _decode(self, wanted: list[tuple[np.ndarray, int]]) -> None:
+        """Decode what the crops ``wanted`` read: reduced, a region, or the whole frame."""
+        scale = max(float(p[0].max()) for p, _ in wanted)  # output px per frame px of the finest crop
+        if self.cfg.reduced_decode and scale <= 0.5:
+            self.img, self.factor = decode_image_reduced(self.data, scale, fast=self.cfg.fast_jpeg)
+            DECODE_COUNTS["reduced" if self.factor < 1.0 else "full"] += 1
+            return
+        if self.cfg.region_decode and region_decoding() is None:
+            regions = [crop.crop_regions(self.wh, p, out) for p, out in wanted]
+            if all(dst == (0, 0, out, out) for (dst, _), (_, out) in zip(regions, wanted)):  # no padding
+                x0, y0 = min(src[0] for _, src in regions), min(src[1] for _, src in regions)
+                x1, y1 = max(src[2] for _, src in regions), max(src[3] for _, src in regions)
+                self.img, self.origin = decode_region(self.data, (x0, y0, x1, y1)), (x0, y0)
+                DECODE_COUNTS["region"] += 1
+                return
+        self.img = decode_image(self.data, fast=self.cfg.fast_jpeg)
+        DECODE_COUNTS["full"] += 1
 
-def _crop(img: np.ndarray, factor: float, params: np.ndarray, out: int) -> tuple[torch.Tensor, np.ndarray]:
-    """crop.crop_image on an image decoded at ``factor`` of the frame's size; params in frame coordinates."""
-    if factor == 1.0:
-        return crop.crop_image(img, params, out)
-    p = params.copy()
-    p[0] /= factor  # x_crop = s * x + t = (s / f) * x_small + t, with x_small = f * x
-    c, adj = crop.crop_image(img, p, out)
-    adj = adj.copy()
-    adj[0] *= factor
-    return c, adj
+    def _crop(self, params: np.ndarray, out: int) -> tuple[torch.Tensor, np.ndarray]:
+        """crop.crop_image on what was decoded; params in frame coordinates."""
+        if self.origin is not None:
+            return crop.crop_image(self.img, params, out, region=(*self.wh, *self.origin))
+        if self.factor == 1.0:
+            return crop.crop_image(self.img, params, out)
+        p = params.copy()
+        p[0] /= self.factor  # x_crop = s * x + t = (s / f) * x_small + t, with x_small = f * x
+        c, adj = crop.crop_image(self.img, p, out)
+        adj = adj.copy()
+        adj[0] *= self.factor
+        return c, adj
 
 
 def sample_frames(seq: Sequence, rng: np.random.Generator, max_gap: int) -> tuple[int, int] | None:
@@ -252,7 +274,7 @@ def _make_pair(
         try:
             crop.check_box(z_box, f"{key} template box")
             crop.check_box(x_box, f"{key} search box")
-            x_frame = _Frame(seq, s, load_frame, cfg.reduced_decode)
+            x_frame = _Frame(seq, s, load_frame, cfg)
         except (OSError, ValueError) as e:
             skip_bad(e)
             continue
@@ -262,16 +284,16 @@ def _make_pair(
         # Out-of-frame area is padded with each image's own mean colour (training transform).
         z_req = crop.siamfc_params(z_box, cfg.template_area_factor, tz)
         try:
-            z_frame = x_frame if t == s else _Frame(seq, t, load_frame, cfg.reduced_decode)
-            # Same frame: one decode at the finer of the two crops' scales.
-            x_img, fx = x_frame.pixels(float(jit.params_requested[0].max()) if t != s else
-                                       float(max(jit.params_requested[0].max(), z_req[0].max())))
-            z_img, fz = z_frame.pixels(float(z_req[0].max()))
+            if t == s:  # one frame, decoded once for both crops
+                (z, z_params), (x, _) = x_frame.crops([(z_req, tz), (jit.params_requested, tx)])
+                z_frame = x_frame
+            else:
+                z_frame = _Frame(seq, t, load_frame, cfg)
+                (x, _), = x_frame.crops([(jit.params_requested, tx)])
+                (z, z_params), = z_frame.crops([(z_req, tz)])
         except OSError as e:
             skip_bad(e)
             continue
-        z, z_params = _crop(z_img, fz, z_req, tz)  # pad: the frame's mean, only if needed
-        x, _ = _crop(x_img, fx, jit.params_requested, tx)
         z_box_c = crop.map_boxes(z_params, z_box)
         x_box_c = jit.box_crop
         if augment_images:
@@ -282,7 +304,7 @@ def _make_pair(
             z, x = augment.normalize(z), augment.normalize(x)
         x_box_c = np.clip(x_box_c, 0.0, tx)  # boxes are clipped to the crop after augmentation
         if cfg.reduced_decode:
-            counters["reduced_frames"] = int(fx < 1.0) + int(t != s and fz < 1.0)
+            counters["reduced_frames"] = int(x_frame.factor < 1.0) + int(t != s and z_frame.factor < 1.0)
         counters["bytes_read"] = IO_COUNTS["bytes"] - io0["bytes"]
         counters["frames_read"] = IO_COUNTS["frames"] - io0["frames"]
         return {

@@ -325,4 +325,8 @@ def load_sequences(benchmark: str, root: str | Path, sequences: str | list[str] 
     """Sequences with frames for running a tracker (readers' 0-based boxes, ground truth uncleaned)."""
     b = get_benchmark(benchmark)
     reader = importlib.import_module(f"lorat_scale.data.readers.{b.reader}")
-    return _pick(reader.read(root, clean=False, **b.reader_args), b.name, Path(root), _names(sequences))
+    wanted = _names(sequences)
+    args = dict(b.reader_args)
+    if b.name == "lasot" and wanted:
+        args["split"] = "all"  # named sequences need no testing_set.txt (as in load_ground_truth)
+    return _pick(reader.read(root, clean=False, **args), b.name, Path(root), wanted)

@@ -121,6 +121,38 @@ def run_sequence(tracker: SOTTracker, seq: Sequence) -> tuple[np.ndarray, np.nda
     return boxes, times
 
 
+def run_sequences_batched(tracker: Any, sequences: list[Sequence], batch: int = 32) -> list[np.ndarray]:
+    """OPE on many sequences at once with a ``BatchTracker``: up to ``batch`` advance in one forward.
+
+    Each sequence is initialised on frame 0 with its ground truth, exactly as ``run_sequence``; a
+    finished sequence's slot goes to the next one. Returns the (N, 4) xyxy boxes of each sequence.
+    """
+    for seq in sequences:
+        init = np.asarray(seq.boxes[0], dtype=np.float64) if len(seq) else np.full(4, np.nan)
+        if not np.isfinite(init).all() or init[2] <= init[0] or init[3] <= init[1]:
+            raise ValueError(f"sequence {seq.key}: frame 0 has no usable box to initialise on ({init.tolist()})")
+    boxes = [np.zeros((len(seq), 4)) for seq in sequences]
+    waiting = list(range(len(sequences)))[::-1]  # popped from the end: in order
+    active: dict[int, int] = {}  # sequence index -> its next frame
+    while waiting or active:
+        while waiting and len(active) < batch:
+            i = waiting.pop()
+            seq = sequences[i]
+            boxes[i][0] = seq.boxes[0]
+            tracker.init(i, seq.load_frame(0), boxes[i][0].copy())
+            if len(seq) > 1:
+                active[i] = 1
+            else:
+                tracker.remove(i)
+        for i, (box, _score) in tracker.track({i: sequences[i].load_frame(f) for i, f in active.items()}).items():
+            boxes[i][active[i]] = box
+            active[i] += 1
+            if active[i] == len(sequences[i]):
+                del active[i]
+                tracker.remove(i)
+    return boxes
+
+
 def toolkit_offset(seq: Sequence) -> float:
     """Readers' 0-based boxes + this = the benchmark's coordinates its result files use."""
     return BENCHMARKS[seq.dataset].toolkit_offset if seq.dataset in BENCHMARKS else 0.0

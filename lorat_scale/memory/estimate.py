@@ -61,6 +61,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import Config, load_config
+from ..recipes.memory_saving import SETS
 from .fake import FAKE_NCCL
 
 GiB = 2**30
@@ -72,23 +73,6 @@ FRAGMENTATION = 0.05  # reserved/allocated overhead of the default caching alloc
 NF4_BLOCK, NF4_BLOCK2 = 64, 256  # bnb Linear4bit defaults: 64-weight blocks, double-quantized absmax
 ADAM8_BLOCK, ADAM8_MIN = 256, 4096  # bnb 8-bit optimizers: 256-value blocks; smaller params stay fp32
 
-# Options for ``--memory-saving``; each entry is a dotted override, applied before the user's own.
-MEMORY_SAVING: dict[str, list[str]] = {
-    "none": [],
-    # The most saving: meets the goals (g-378 <= 12 GB, g-224 <= 8 GB at batch 16) with the most
-    # headroom; the goals alone need checkpointing + bf16 frozen weights (docs/MEMORY.md).
-    "max": [
-        "model.grad_checkpointing=true",
-        "model.frozen_dtype=nf4",
-        "model.trainable_dtype=fp32",
-        "model.batch_subset_drop_path=true",
-        "model.attn_backend=sdpa",
-        "train.precision=bf16",
-        "train.optimizer=adamw8bit",
-    ],
-}
-
-
 def round_block(nbytes: int) -> int:
     """Bytes the CUDA caching allocator hands out for a request of ``nbytes``."""
     return math.ceil(nbytes / BLOCK) * BLOCK
@@ -98,11 +82,11 @@ def round_block(nbytes: int) -> int:
 # Configuration
 # ---------------------------------------------------------------------------------------------
 def resolve_config(variant: str, batch: int, overrides: list[str] | None = None, memory_saving: str = "none") -> Config:
-    """The training config for ``variant`` with the memory-saving preset, then ``overrides``."""
-    if memory_saving not in MEMORY_SAVING:
-        raise ValueError(f"--memory-saving {memory_saving!r}: expected one of {list(MEMORY_SAVING)}")
+    """The training config for ``variant`` with a memory-saving set (``recipes/memory_saving.py``), then ``overrides``."""
+    if memory_saving not in SETS:
+        raise ValueError(f"--memory-saving {memory_saving!r}: expected one of {list(SETS)}")
     # One micro-batch per step unless the overrides say otherwise (memory does not depend on accumulation).
-    return load_config(variant, [*MEMORY_SAVING[memory_saving], f"train.micro_batch={batch}",
+    return load_config(variant, [*SETS[memory_saving], f"train.micro_batch={batch}",
                                  f"train.global_batch={batch}", *(overrides or [])])
 
 

@@ -108,6 +108,14 @@ def check_run(cfg: Config, ds: dict | None, device_type: str) -> None:
             f"model.frozen_dtype={m.frozen_dtype} with ZeRO-3 (--ds {t.ds_config or 'config'}): ZeRO-3 partitions "
             "every weight across ranks and cannot partition bitsandbytes' quantized weights. Use ZeRO-2 "
             "(ds_configs/zero2.json) with int8/nf4, or model.frozen_dtype=bf16 with ZeRO-3")
+    if t.track_every_epochs > 0 and not cfg.data.track_sources:
+        raise ConfigError("train.track_every_epochs is set but data.track_sources is empty: give e.g. "
+                          "data.track_sources=[got10k_val=/data/GOT-10k]")
+    if t.track_every_epochs > 0 and ds is not None and zero_stage(ds) == 3:
+        # ZeRO-3 partitions every weight: a forward needs every rank in lockstep, and ranks track
+        # different sequences of different lengths.
+        raise ConfigError("train.track_every_epochs with ZeRO-3: the ranks cannot run the tracker on their own "
+                          "sequences; track the saved checkpoints with lorat-scale evaluate instead (or use ZeRO-2)")
     if ds is not None and t.optimizer == "adamw8bit":
         raise ConfigError("train.optimizer=adamw8bit with DeepSpeed: DeepSpeed keeps its own fp32 optimizer "
                           "partitions; use train.optimizer=adamw (or drop --ds)")

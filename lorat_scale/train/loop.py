@@ -1,6 +1,8 @@
 """Train a LoRAT tracker. The whole loop in one file, read top to bottom (nanoGPT style).
 
-    # one process (GPU if present, else CPU)
+    # a recipe (lorat_scale/recipes/): the paper's data, schedule and checks for a variant
+    lorat-scale train --recipe paper --variant L-224 --data-root /datasets train.output_dir=runs/L-224
+    # one process (GPU if present, else CPU), the variant preset with your own data
     lorat-scale train --variant S-224 data.train_sources=[lasot=/data/LaSOT,coco=/data/coco] \\
         model.backbone_weights=/w/dinov2_vits14_pretrain.pth train.output_dir=runs/s224
     # DDP on 8 GPUs / DeepSpeed ZeRO-2 (values marked "auto" in the JSON are filled from the config)
@@ -12,9 +14,9 @@
 Sources: format[:split]=root with a reader of lorat_scale.data.readers (lasot, got10k, trackingnet,
 coco, custom), or shard streams shards=MANIFEST[::BASE_URL] (data_prep/make_shards.py).
 In order below: config -> accelerator -> model -> data -> optimizer and schedule -> checkpoints and
-resume -> loop (lr, the training step of lorat_scale/train/step.py, log, validate, checkpoint) -> end.
-The run directory holds config.json, metrics.jsonl (one line per step), logs/ (TensorBoard),
-checkpoints/step_XXXXXXXX/ (lorat_scale/train/checkpoint.py) and model.safetensors.
+resume -> loop (lr, the training step of lorat_scale/train/step.py, log, validate, checkpoint, tracking
+check) -> end. The run directory holds config.json, metrics.jsonl (one line per step), logs/
+(TensorBoard), checkpoints/step_XXXXXXXX/, tracking/ (the tracking checks' results) and model.safetensors.
 
 Faults: SIGTERM or SIGUSR1 (SLURM's time limit, ``#SBATCH --signal``) on any rank makes every rank save a
 checkpoint at the next step boundary and exit with code 75 (EX_TEMPFAIL: "try again"; the job files requeue);
@@ -42,6 +44,7 @@ from accelerate import Accelerator
 from accelerate.utils import DeepSpeedPlugin, DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from tqdm import tqdm
 
+from .. import recipes
 from ..config import Config, ConfigError, DataConfig, load_config
 from ..data.cache import cached_read
 from ..data.pairs import PairDataset
@@ -56,6 +59,7 @@ from .distributed import DDP_KWARGS, accumulation_steps, check_run, fill_ds_conf
 from .optim import build_optimizer, build_scheduler, peak_lr, steps_per_epoch
 from .loss import lorat_loss
 from .step import to_device, train_step
+from .tracking_check import load_track_sets, run_tracking_check
 
 PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}  # train.precision -> accelerate
 EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped by a signal after saving a checkpoint; run it again (--resume auto)
@@ -65,8 +69,12 @@ EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped by a signal after saving a checkpoint;
 # Command line
 # ----------------------------------------------------------------------------------------------
 def add_train_args(p: argparse.ArgumentParser) -> None:
-    """--variant, --ds, --resume and dotted overrides (the ``lorat-scale train`` options)."""
-    p.add_argument("--variant", default="S-224", help="variant preset: S, B, L or g with 224 or 378, e.g. L-224")
+    """--recipe, --variant, --data-root, --ds, --resume and dotted overrides (the ``lorat-scale train`` options)."""
+    p.add_argument("--recipe", default="", help="paper, got10k, quickstart or memory_saving (lorat_scale/recipes/: "
+                   "data, schedule and checks of that recipe); default: the variant preset alone")
+    p.add_argument("--variant", default=None,
+                   help="variant preset: S, B, L or g with 224 or 378, e.g. L-224 (default: the recipe's, else S-224)")
+    p.add_argument("--data-root", default=None, help="with --recipe: the folder holding the recipe's datasets")
     p.add_argument("--config", help=argparse.SUPPRESS)  # the old name of --variant: a clear error below
     p.add_argument("--ds", default="", help="DeepSpeed JSON (ds_configs/zero2.json, zero3.json, ...); default DDP")
     p.add_argument("--resume", default="",
@@ -85,7 +93,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_intermixed_args(argv)
     if args.config:
         p.error(f"--config was renamed --variant: use --variant {args.config}")
+    if args.data_root and not args.recipe:
+        p.error("--data-root belongs to a recipe: add --recipe paper (or got10k, ...), or give data.train_sources=[...]")
     return args
+
+
+def resolve_config(args: argparse.Namespace) -> Config:
+    """The run's configuration: the recipe's (or the bare variant preset) with the dotted overrides applied."""
+    if args.recipe:
+        return recipes.get_config(args.recipe, args.variant, args.data_root, args.overrides)
+    return load_config(args.variant or "S-224", args.overrides)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -353,7 +370,7 @@ def train(argv: list[str] | None, stop: StopRequest, held: contextlib.ExitStack)
     # Config
     # ------------------------------------------------------------------------------------------
     args = parse_args(argv)
-    cfg = load_config(args.variant, args.overrides)
+    cfg = resolve_config(args)
     if args.ds:
         cfg.train.ds_config = args.ds
     tc, dc = cfg.train, cfg.data
@@ -437,6 +454,10 @@ def train(argv: list[str] | None, stop: StopRequest, held: contextlib.ExitStack)
     val_batches = tc.val_batches or dc.val_pairs_per_epoch // (tc.micro_batch * world)
     spe = steps_per_epoch(dc.pairs_per_epoch, tc.global_batch)
     total_steps = min(tc.max_steps, tc.epochs * spe) if tc.max_steps else tc.epochs * spe
+    # The tracking check's sequences (annotations read now: a bad path fails before training starts).
+    track_sets = (load_track_sets(dc.track_sources, tc.track_max_sequences, tc.track_max_frames)
+                  if tc.track_every_epochs > 0 else [])
+    track_every = max(1, round(tc.track_every_epochs * spe))
 
     optimizer = build_optimizer(model, tc)
     if tc.compile:
@@ -465,7 +486,8 @@ def train(argv: list[str] | None, stop: StopRequest, held: contextlib.ExitStack)
         f"{cfg.variant}: {n_trainable:,} trainable params | world {world} x micro {tc.micro_batch} x accum {accum} "
         f"= global {tc.global_batch} | {spe} steps/epoch, {total_steps} steps | peak lr {peak_lr(tc):.3g} | "
         f"{'DeepSpeed ' + tc.ds_config if is_ds else accelerator.distributed_type} | precision {tc.precision} | "
-        f"{len(train_ds.sources)} train sources | val {'on' if val_ds else 'off'}"
+        f"{len(train_ds.sources)} train sources | val {'on' if val_ds else 'off'} | tracking check "
+        + (f"every {track_every} steps on {sum(len(t.sequences) for t in track_sets)} sequences" if track_sets else "off")
     )
 
     # ------------------------------------------------------------------------------------------
@@ -490,6 +512,17 @@ def train(argv: list[str] | None, stop: StopRequest, held: contextlib.ExitStack)
         if metrics_file:
             log_line(metrics_file, {"step": state.step, **val})
         pbar.write(f"step {state.step}: val loss {val['val/loss']:.4f}")
+
+    def track_check() -> None:
+        t = time.perf_counter()
+        scores = run_tracking_check(raw_model, cfg, track_sets, run_dir / "tracking", state.step, rank, world,
+                                    accelerator.device, accelerator.wait_for_everyone)
+        if main_process:
+            scores["track/seconds"] = time.perf_counter() - t
+            accelerator.log(scores, step=state.step)
+            log_line(metrics_file, {"step": state.step, **scores})
+            pbar.write(f"step {state.step}: tracking check " + ", ".join(f"{k.removeprefix('track/')} {v:.1f}"
+                                                                        for k, v in scores.items()))
 
     while state.step < total_steps:
         epoch, first = divmod(state.step, spe)
@@ -563,6 +596,10 @@ def train(argv: list[str] | None, stop: StopRequest, held: contextlib.ExitStack)
                 accelerator.end_training()
                 return EXIT_STOPPED
 
+            # ------------------------------------------------------------ tracking check
+            if track_sets and state.step % track_every == 0 and state.step < total_steps:
+                track_check()  # the last step's check comes after the loop
+
     # ------------------------------------------------------------------------------------------
     # End: final checkpoint and the trainable weights at the top of the run directory
     # ------------------------------------------------------------------------------------------
@@ -570,6 +607,8 @@ def train(argv: list[str] | None, stop: StopRequest, held: contextlib.ExitStack)
         validate()
     if last_saved != state.step:
         ckpts.save()
+    if track_sets:
+        track_check()
     if main_process:
         newest = run_dir / "checkpoints" / f"step_{state.step:08d}" / "model.safetensors"
 

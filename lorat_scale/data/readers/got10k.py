@@ -5,7 +5,8 @@ Layout: ``<root>/{train,val,test}/list.txt`` naming sequence folders; each folde
 ``absence.label`` (1 = object absent -> invalid) and ``cover.label`` (visible fraction 0..8, kept in
 ``Sequence.extra["cover"]``). The test split annotates the first frame only (the other boxes are NaN).
 Splits: "train", "val", "test", and "vot_train" / "vot_val": the lines of ``train/list.txt`` whose
-0-based indices are listed in the split file (pytracking's lists; LoRAT trains on vot_train).
+0-based indices are listed in the split file (pytracking's lists, shipped in ``readers/splits/``: LoRAT
+trains on vot_train, 7,086 sequences; vot_val holds 1,249).
 """
 from __future__ import annotations
 
@@ -14,23 +15,21 @@ from pathlib import Path
 
 import numpy as np
 
-from ... import paths
 from ..sequence import Sequence
 from ._common import (AnnotationError, OnError, Problem, ReadReport, check_finite, clean, fit_length, numbered_frames,
                       parse_flags, parse_rows, read_text, set_frame_size, xywh_rows_to_xyxy)
 
 SUBSETS = {"vot_train": "got10k_vot_train_split.txt", "vot_val": "got10k_vot_val_split.txt"}
+SPLITS_DIR = Path(__file__).resolve().parent / "splits"  # package data (setup.cfg [options.package_data])
 
 
 def _subset_file(root: Path, split: str, split_file: str | os.PathLike | None) -> Path:
-    """The index list of a vot_* subset: given, in the root, or in the shared data folder."""
+    """The index list of a vot_* subset: ``split_file``, else one in the root, else the copy shipped in the package."""
     if split_file:
         return Path(split_file)
-    for p in (root / SUBSETS[split], paths.shared_data() / "splits" / SUBSETS[split]):
-        if p.is_file():
-            return p
-    raise FileNotFoundError(f"GOT-10k split {split!r} needs {SUBSETS[split]} (0-based indices into "
-                            f"train/list.txt): not in {root}; pass split_file=PATH")
+    if (root / SUBSETS[split]).is_file():
+        return root / SUBSETS[split]
+    return SPLITS_DIR / SUBSETS[split]
 
 
 def sequence_names(root: Path, split: str, split_file: str | os.PathLike | None = None) -> tuple[str, list[str]]:
