@@ -8,6 +8,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .config import add_overrides, parse_with_overrides
+
 USAGE = """Train, evaluate and deploy LoRAT visual trackers (DINOv2 ViT backbones with LoRA).
 
 Common commands:
@@ -24,25 +26,6 @@ Common commands:
 Configuration overrides are dotted words after the options (section.key=value); every command
 explains its options with: lorat-scale COMMAND --help
 """
-
-
-def add_overrides(p: argparse.ArgumentParser, example: str = "train.lr=5e-5") -> None:
-    """Dotted configuration overrides, the one syntax of every command: ``section.key=value ...``."""
-    p.add_argument("overrides", nargs="*", metavar="section.key=value",
-                   help=f"configuration overrides, in any order with the options, e.g. {example}")
-    # The old spellings get a clear message instead of argparse's "unrecognized arguments".
-    for old in ("--set", "--override"):
-        p.add_argument(old, dest="old_" + old[2:], nargs="*", default=None, help=argparse.SUPPRESS)
-
-
-def parse_with_overrides(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """Parse options and dotted overrides in any order; the old --set/--override get a message saying what to write."""
-    args = p.parse_intermixed_args(argv)
-    for old in ("set", "override"):
-        if getattr(args, "old_" + old, None) is not None:
-            words = " ".join(getattr(args, "old_" + old)) or "section.key=value"
-            p.error(f"--{old} is gone: write overrides as plain words after the options, e.g. {words}")
-    return args
 
 
 def _cmd_info(args: argparse.Namespace) -> int:

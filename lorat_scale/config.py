@@ -14,6 +14,7 @@ values outside their range raise a ``ConfigError`` that names the key, the value
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
 import json
@@ -334,6 +335,25 @@ def _parse_value(key: str, raw: str, typ: Any) -> Any:
 
 # Keys that were renamed: the error names the new one.
 RENAMED = {"train.tracker": "train.log_with"}
+
+
+def add_overrides(p: argparse.ArgumentParser, example: str = "train.lr=5e-5") -> None:
+    """Dotted configuration overrides, the one syntax of every command: ``section.key=value ...``."""
+    p.add_argument("overrides", nargs="*", metavar="section.key=value",
+                   help=f"configuration overrides, in any order with the options, e.g. {example}")
+    # The old spellings get a clear message instead of argparse's "unrecognized arguments".
+    for old in ("--set", "--override"):
+        p.add_argument(old, dest="old_" + old[2:], nargs="*", default=None, help=argparse.SUPPRESS)
+
+
+def parse_with_overrides(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse options and dotted overrides in any order; the old --set/--override get a message saying what to write."""
+    args = p.parse_intermixed_args(argv)
+    for old in ("set", "override"):
+        if getattr(args, "old_" + old, None) is not None:
+            words = " ".join(getattr(args, "old_" + old)) or "section.key=value"
+            p.error(f"--{old} is gone: write overrides as plain words after the options, e.g. {words}")
+    return args
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:

@@ -45,14 +45,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lorat_scale import paths  # noqa: E402
-from lorat_scale.config import load_config  # noqa: E402
-from lorat_scale.data.augment import IMAGENET_STD  # noqa: E402
-from lorat_scale.data.decode import decode_image, decode_image_pil  # noqa: E402
-from lorat_scale.data.readers import read_dataset  # noqa: E402
-from lorat_scale.data.shards import make_shards  # noqa: E402
-from lorat_scale.data.storage import READ_STATS  # noqa: E402
-from lorat_scale.train.loop import build_dataset  # noqa: E402  (the training loop's own: the exact training path)
+from lorat_scale import paths
+from lorat_scale.config import load_config
+from lorat_scale.data.augment import IMAGENET_STD
+from lorat_scale.data.decode import decode_image, decode_image_pil
+from lorat_scale.data.readers import read_dataset
+from lorat_scale.data.shards import make_shards
+from lorat_scale.data.storage import READ_STATS
+from lorat_scale.train.loop import build_dataset
 
 MICRO = 8  # micro-batch of the timed loaders
 

@@ -30,8 +30,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lorat_scale import paths  # noqa: E402
-from lorat_scale.outputs import OutputError, check_outputs, write_atomic  # noqa: E402
+from lorat_scale import paths
+from lorat_scale.outputs import OutputError, check_outputs, write_atomic
 
 
 def parse_args() -> argparse.Namespace:

@@ -326,7 +326,7 @@ def main() -> None:
     finally:
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"\n| drill | runs tried | runs that resumed | largest diff from the uninterrupted run | seconds | notes |")
+    print("\n| drill | runs tried | runs that resumed | largest diff from the uninterrupted run | seconds | notes |")
     print("|---|---|---|---|---|---|")
     for name, r in rows.items():
         print(f"| {name} | {r['runs tried']} | {r['runs that resumed']} | {r['largest |diff|']:.3g} | {r['s']:.0f} | "

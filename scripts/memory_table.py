@@ -14,9 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lorat_scale.memory.estimate import GiB, default_probes, estimate, resolve_config  # noqa: E402
-from lorat_scale.recipes import memory_saving  # noqa: E402
-from lorat_scale.outputs import write_atomic  # noqa: E402
+from lorat_scale.memory.estimate import GiB, default_probes, estimate, resolve_config
+from lorat_scale.recipes import memory_saving
+from lorat_scale.outputs import write_atomic
 
 VARIANTS = ["B-224", "B-378", "L-224", "L-378", "g-224", "g-378"]
 # (label, overrides); the last one is --memory-saving max.

@@ -24,13 +24,12 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lorat_scale.boxes import xyxy_to_xywh  # noqa: E402
-from lorat_scale.cli import add_overrides, parse_with_overrides  # noqa: E402
-from lorat_scale.config import ConfigError  # noqa: E402
-from lorat_scale.demo import sample_tracker  # noqa: E402
-from lorat_scale.evaluation.visualize import draw_box, draw_label  # noqa: E402
-from lorat_scale.outputs import OutputError, atomic_path, check_outputs  # noqa: E402
-from lorat_scale.tracking.tracker import Tracker  # noqa: E402
+from lorat_scale.boxes import xyxy_to_xywh
+from lorat_scale.config import ConfigError, add_overrides, parse_with_overrides
+from lorat_scale.demo import sample_tracker
+from lorat_scale.evaluation.visualize import draw_box, draw_label
+from lorat_scale.outputs import OutputError, atomic_path, check_outputs
+from lorat_scale.tracking.tracker import Tracker
 
 
 def parse_init(text: str) -> np.ndarray:

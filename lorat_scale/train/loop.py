@@ -45,7 +45,7 @@ from accelerate.utils import DeepSpeedPlugin, DistributedDataParallelKwargs, Pro
 from tqdm import tqdm
 
 from .. import recipes
-from ..config import Config, ConfigError, DataConfig, load_config
+from ..config import Config, ConfigError, DataConfig, add_overrides, load_config, parse_with_overrides
 from ..data.cache import cached_read
 from ..data.pairs import PairDataset
 from ..data.readers import DatasetError, ReadReport, parse_source
@@ -70,8 +70,8 @@ EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped by a signal after saving a checkpoint;
 # ----------------------------------------------------------------------------------------------
 def add_train_args(p: argparse.ArgumentParser) -> None:
     """--recipe, --variant, --data-root, --ds, --resume and dotted overrides (the ``lorat-scale train`` options)."""
-    p.add_argument("--recipe", default="", help="paper, got10k, quickstart or memory_saving (lorat_scale/recipes/: "
-                   "data, schedule and checks of that recipe); default: the variant preset alone")
+    p.add_argument("--recipe", default="", help="paper, got10k, quickstart or memory_saving: the data, schedule and "
+                   "checks of that recipe; default: the variant preset alone")
     p.add_argument("--variant", default=None,
                    help="variant preset: S, B, L or g with 224 or 378, e.g. L-224 (default: the recipe's, else S-224)")
     p.add_argument("--data-root", default=None, help="with --recipe: the folder holding the recipe's datasets")
@@ -82,19 +82,43 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-config-change", action="store_true",
                    help="resume although the configuration differs from the checkpoint's in keys that change the run "
                         "(refused otherwise, naming them)")
-    p.add_argument("overrides", nargs="*", help="config overrides section.key=value, e.g. train.lr=5e-5")
+    add_overrides(p)
+
+
+USAGE = """Train or resume a LoRAT tracker: one process, DDP or DeepSpeed, the same command at every scale.
+
+    # a recipe: the paper's data, schedule and tracking checks for a variant
+    lorat-scale train --recipe paper --variant L-224 --data-root /datasets train.output_dir=runs/L-224
+    # one process (GPU if present, else CPU): a variant preset with your own data
+    lorat-scale train --variant S-224 data.train_sources=[lasot=/data/LaSOT,coco=/data/coco] \\
+        model.backbone_weights=/w/dinov2_vits14_pretrain.pth train.output_dir=runs/s224
+    # DDP on 8 GPUs / DeepSpeed ZeRO-2 (values marked "auto" in the JSON are filled from the config)
+    accelerate launch --multi_gpu --num_processes 8 -m lorat_scale.train --variant L-224 ...
+    accelerate launch --multi_gpu --num_processes 8 scripts/train.py --variant g-224 --ds ds_configs/zero2.json ...
+    # continue from the newest intact checkpoint of train.output_dir (fresh start if there is none)
+    lorat-scale train --variant S-224 --resume auto ...
+
+Data sources are format[:split]=root (lasot, got10k, trackingnet, coco, custom, ...) or shard folders and URLs
+written by lorat-scale make-shards (shards=FOLDER). Every configuration key, its value and valid range:
+lorat-scale config --variant S-224.
+
+The run folder (train.output_dir) holds config.json, metrics.jsonl (one line per step), logs/ (TensorBoard),
+checkpoints/step_XXXXXXXX/, tracking/ and model.safetensors. SIGTERM or SIGUSR1 (a SLURM time limit) saves a
+checkpoint at the next step and exits with code 75: run the same command with --resume auto to continue.
+"""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The training command line; options and overrides may come in any order."""
-    p = argparse.ArgumentParser(prog="lorat-scale train", description=__doc__,
+    p = argparse.ArgumentParser(prog="lorat-scale train", description=USAGE,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_train_args(p)
-    args = p.parse_intermixed_args(argv)
+    args = parse_with_overrides(p, argv)
     if args.config:
         p.error(f"--config was renamed --variant: use --variant {args.config}")
     if args.data_root and not args.recipe:
-        p.error("--data-root belongs to a recipe: add --recipe paper (or got10k, ...), or give data.train_sources=[...]")
+        p.error("--data-root belongs to a recipe: add --recipe paper (or got10k, ...), "
+                "or give data.train_sources=[...]")
     return args
 
 
