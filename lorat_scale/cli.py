@@ -8,7 +8,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from typing import TYPE_CHECKING, Any
+
 from .config import add_overrides, parse_with_overrides
+
+if TYPE_CHECKING:
+    from .config import Config
 
 USAGE = """Train, evaluate and deploy LoRAT visual trackers (DINOv2 ViT backbones with LoRA).
 
@@ -312,7 +317,8 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--param", default="", help="run folder prefix (pytracking's parameter name); default: "
                    "<variant>-<hash of checkpoint, backbone and settings>, so different models never share one")
     p.add_argument("--repeat", type=int, default=0,
-                   help="runs per sequence, averaged (default: the benchmark's protocol, 3 for LaSOT_ext and GOT-10k test)")
+                   help="runs per sequence, averaged (default: the benchmark's protocol, 3 for LaSOT_ext and "
+                        "GOT-10k test)")
     p.add_argument("--num-workers", type=int, default=1, help="tracker processes in this process (pool)")
     p.add_argument("--sequences", default="", help="comma-separated subset of sequence names")
     _add_scoring(p)
@@ -325,7 +331,8 @@ def _add_scoring(p: argparse.ArgumentParser) -> None:
                    "comma-separated for several (default: stark, got10k on GOT-10k). Each reproduces that toolkit")
     p.add_argument("--length-mismatch", choices=["error", "truncate", "pad"], default="error",
                    help="result files shorter than the ground truth: list them and stop (error), cut the ground "
-                   "truth to the result (truncate, got10k-toolkit) or count the missing frames as misses (pad, pytracking)")
+                   "truth to the result (truncate, got10k-toolkit) or count the missing frames as misses "
+                   "(pad, pytracking)")
 
 
 _USER_ERRORS: tuple[type[Exception], ...] = (FileNotFoundError, ValueError)  # ours subclass ValueError
@@ -391,7 +398,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _conventions(arg: str, benchmark) -> list[str]:
+def _conventions(arg: str, benchmark: Any) -> list[str]:
     return [c for c in arg.split(",") if c] or [benchmark.default_convention]
 
 
@@ -434,7 +441,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
             pairs = [(t, p) for t, p in found if t in wanted or f"{t}/{p}" in wanted]
             missing = [w for w in wanted if not any(w in (t, f"{t}/{p}") for t, p in found)]
             if missing:
-                raise ValueError(f"no results for {missing} under {args.results} (found {[f'{t}/{p}' for t, p in found]})")
+                have = [f"{t}/{p}" for t, p in found]
+                raise ValueError(f"no results for {missing} under {args.results} (found {have})")
         if not pairs:
             raise ValueError(f"no result folders under {args.results} (expected <tracker>/<param>_000/<seq>.txt)")
         out = Path(args.out) if args.out else Path(args.results) / f"report_{b.name}"
@@ -452,7 +460,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dry_run_config(args: argparse.Namespace, world: int):
+def _dry_run_config(args: argparse.Namespace, world: int) -> Config:
     """The configuration a dry run or memory estimate traces (memory-saving set, batch, overrides)."""
     from .memory.estimate import resolve_config
 

@@ -92,7 +92,7 @@ def run_quickstart(data: str = "", out: str = "runs/quickstart", steps: int = re
 
     t_start = time.perf_counter()
     data_dir = Path(data) if data else paths.shared_data()
-    for _, folder, name, _ in SEQUENCES:
+    for _, folder, _, _ in SEQUENCES:
         if not (data_dir / folder).is_dir():
             raise SystemExit(f"sample data not found: {data_dir / folder} (pass --data or set LORAT_SHARED to shared/)")
     out_dir = Path(out)
@@ -139,7 +139,7 @@ def run_quickstart(data: str = "", out: str = "runs/quickstart", steps: int = re
         lines += [f"## {name}", "", markdown_table(ss), f"Plots: {files['markdown'].parent.name}/", ""]
     print("What it shows:")
     lines += ["## What it shows", ""]
-    for name, seen, verdict, seq in verdicts:
+    for name, _, verdict, _ in verdicts:
         print(f"  - {name}: {verdict}")
         lines.append(f"- {name}: {verdict}")
     gifs = []

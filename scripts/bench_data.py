@@ -3,27 +3,27 @@
     .venv/bin/python scripts/bench_data.py [--data ../shared/data] [--pairs 240] [--decoders]
 
 Every figure is measured in this run, on the training loop's own data path: ``build_dataset`` (the function
-lorat_scale/train/loop.py calls) with ``format=root`` entries (raw folders) or ``shards=FOLDER`` entries (shards written here
-with ``make_shards``, read by byte range), then ``dataset.epoch_loader(...)`` batches (micro-batch 8, collate
-included) in this process (``num_workers=0``). Times are this process's CPU time (``time.process_time``), the
+lorat_scale/train/loop.py calls) with ``format=root`` entries (raw folders) or ``shards=FOLDER`` entries (shards
+written here with ``make_shards``, read by byte range), then ``dataset.epoch_loader(...)`` batches (micro-batch 8,
+collate included) in this process (``num_workers=0``). Times are this process's CPU time (``time.process_time``), the
 best of ``--repeats`` passes, so pairs/s are per core even on a shared machine; the load average is printed.
 
-Cases: the sample frames (LaSOT airplane-1 640x360, OTB Crossing 360x240, COCO128 <=640x480; equal weights as
-in LoRAT), 1280x720 frames (VOT ball1, small target) and 1280x720 frames with a large target (a region of LaSOT
-airplane-1 upscaled 4x, synthetic; see ``raw_entries``), each at 224 and 378; the streaming fallback (``shard_access=stream``)
-on the sample frames; beside the default (region decoding, exact) the whole-frame decode (``region_decode=false``,
-the earlier default), ``fast_jpeg`` and the reduced-size decode option, each non-exact option with its largest pixel
-difference on the same pairs; the decode options on single 1280x720 frames (ms/frame, speed-up, largest pixel
-difference); ``--profile``: where the time of a pair goes (cProfile, per stage); shards
-through HTTP range requests from a server on 127.0.0.1 (a separate process: its CPU is not counted); bytes read
-from storage per pair vs. the bytes of the distinct frames the pair decodes; a real DataLoader with
-``--num-workers`` processes (wall time) against the demand of a B-224 training step on an H100.
+Cases: the sample frames (LaSOT airplane-1 640x360, OTB Crossing 360x240, COCO128 <=640x480; equal weights as in
+LoRAT), 1280x720 frames (VOT ball1, small target) and 1280x720 frames with a large target (a region of LaSOT
+airplane-1 upscaled 4x, synthetic; see ``raw_entries``), each at 224 and 378; the streaming fallback
+(``shard_access=stream``) on the sample frames; beside the default (region decoding, exact) the whole-frame decode
+(``region_decode=false``, the earlier default), ``fast_jpeg`` and the reduced-size decode option, each non-exact
+option with its largest pixel difference on the same pairs; the decode options on single 1280x720 frames (ms/frame,
+speed-up, largest pixel difference); ``--profile``: where the time of a pair goes (cProfile, per stage); shards
+through HTTP range requests from a server on 127.0.0.1 (a separate process: its CPU is not counted); bytes read from
+storage per pair vs. the bytes of the distinct frames the pair decodes; a real DataLoader with ``--num-workers``
+processes (wall time) against the demand of a B-224 training step on an H100.
 
 ``--official DIR`` (a checkout of LitingLin/LoRAT with its requirements: PyTurboJPEG + libturbojpeg, tabulate,
 exifread) also times the official training-pair transform (trackit, run.yaml's options) on the very pairs our
 sampler draws, in the same run: the side-by-side ratio. The pipelines of one case are timed in turn (round-robin
-passes, best of ``--repeats`` each), so that they meet the same load and their ratios hold on a shared machine. The last line is ``pairs/s/core 224 train-path: N``
-(shards by range, sample frames).
+passes, best of ``--repeats`` each), so that they meet the same load and their ratios hold on a shared machine.
+The last line is ``pairs/s/core 224 train-path: N`` (shards by range, sample frames).
 """
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ def train_path_passes(entries: list[str], res: int, pairs: int, info: dict, **da
                                    *[f"data.{k}={v}" for k, v in data_overrides.items()]])
     ds = build_dataset(entries, cfg.data, cfg.model, MICRO, 0, 1, pairs)
     steps = range(pairs // MICRO)
-    for b in ds.epoch_loader(9, range(min(3, len(steps))), MICRO, MICRO, 0):  # warm-up: imports, allocator, caches
+    for _ in ds.epoch_loader(9, range(min(3, len(steps))), MICRO, MICRO, 0):  # warm-up: imports, allocator, caches
         pass
     counters = defaultdict(int)
     info.update(n=len(steps) * MICRO, counters=counters, ds=ds)

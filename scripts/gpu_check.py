@@ -174,9 +174,9 @@ def part_memory_speed(check: Check, rows: list[dict]) -> None:
                 trainable = [p for p in model.parameters() if p.requires_grad]
                 batches = [{k: v.to(check.device) for k, v in make_batch(cfg, batch).items()}]  # made on the device
 
-                def step() -> float:
-                    return train_step(model, opt, batches, runner, trainable=trainable,
-                                      grad_clip=cfg.train.grad_clip).row()["loss"]
+                def step() -> float:  # called only within this iteration of the loop
+                    return train_step(model, opt, batches, runner, trainable=trainable,  # noqa: B023
+                                      grad_clip=cfg.train.grad_clip).row()["loss"]  # noqa: B023
 
                 step()  # optimizer state
                 if check.device.type == "cuda":
@@ -200,7 +200,7 @@ def part_memory_speed(check: Check, rows: list[dict]) -> None:
                         loss = step()  # .row() reads the loss back: each step ends synchronised
                     row["pairs/s"] = batch * n / (time.perf_counter() - t0)
                     row["loss finite"] = math.isfinite(loss)
-                del model, opt, batches
+                model = opt = batches = None  # frees the memory (the step closure holds these names)
             except Skip as e:
                 row["skipped"] = str(e)
             except torch.cuda.OutOfMemoryError:

@@ -136,7 +136,8 @@ def test_damaged_checkpoints_are_found_and_the_run_falls_back(loop, common, refe
         run_inprocess(loop, [*common, "--resume", "auto", f"train.output_dir={run}"])
     msg = str(e.value)
     assert msg.startswith(f"error: --resume auto: no intact checkpoint in {ckdir}")
-    assert f"step_00000006: rng_rank0.safetensors: {rng6.stat().st_size} bytes, {rng6.stat().st_size + 100} written" in msg
+    size = rng6.stat().st_size
+    assert f"step_00000006: rng_rank0.safetensors: {size} bytes, {size + 100} written" in msg
     assert "step_00000004: optimizer.safetensors: sha256 differs from the one written at save time" in msg
     assert "step_00000002: " in msg and "checkpoint.json: damaged" in msg
     marker2.write_text(good)
@@ -184,7 +185,8 @@ def test_resume_refuses_a_configuration_that_changes_the_run(loop, common, tmp_p
                                 "--resume", "auto"]) == 0
     assert "warning: resuming" in capsys.readouterr().err and sorted(metrics(run)) == [1, 2, 3, 4]
     # A fresh start must not write over a run's checkpoints.
-    with pytest.raises(SystemExit, match=r"already holds checkpoints \(step_00000003, step_00000004\): pass --resume auto"):
+    holds = r"already holds checkpoints \(step_00000003, step_00000004\): pass --resume auto"
+    with pytest.raises(SystemExit, match=holds):
         run_inprocess(loop, argv)
     # Nor may two training processes share a run directory (a killed launcher's child still running, say).
     import fcntl

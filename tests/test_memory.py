@@ -175,7 +175,8 @@ def run_losses(*overrides: str, steps: int = 10) -> tuple[float, ...]:
     trainable = [p for p in model.parameters() if p.requires_grad]
     torch.manual_seed(0)
     batch = make_batch(cfg, 4)
-    return tuple(train_step(model, opt, [batch], runner, trainable=trainable, grad_clip=cfg.train.grad_clip).row()["loss"]
+    clip = cfg.train.grad_clip
+    return tuple(train_step(model, opt, [batch], runner, trainable=trainable, grad_clip=clip).row()["loss"]
                  for _ in range(steps))
 
 

@@ -228,7 +228,8 @@ def test_mismatched_checkpoint_lists_keys(golden, tmp_path):
 def test_backbone_of_wrong_size_is_rejected(golden):
     with pytest.raises(CheckpointMismatchError) as e:
         golden_model(golden, "g-swiglu", embed_dim=256)
-    assert "mis-shaped keys" in str(e.value) and "blocks.0.attn.q.weight: file (128, 128) vs model (256, 256)" in str(e.value)
+    assert "mis-shaped keys" in str(e.value)
+    assert "blocks.0.attn.q.weight: file (128, 128) vs model (256, 256)" in str(e.value)
 
 
 def test_checkpoint_with_other_lora_rank_is_rejected(golden, tmp_path):
@@ -244,7 +245,8 @@ def test_checkpoint_with_other_rslora_setting_is_rejected(tmp_path):
     """use_rslora changes the scaling (alpha/sqrt(r) vs alpha/r): a silent load would train another model."""
     p = tmp_path / "ck.safetensors"
     save_trainable(build_model(tiny_cfg(use_rslora=True)), p)
-    with pytest.raises(CheckpointMismatchError, match="use_rslora=True but the model config has model.use_rslora=False"):
+    rslora = "use_rslora=True but the model config has model.use_rslora=False"
+    with pytest.raises(CheckpointMismatchError, match=rslora):
         load_trainable(build_model(tiny_cfg()), p)
     load_trainable(build_model(tiny_cfg(use_rslora=True)), p)  # the same setting loads
 
@@ -305,13 +307,15 @@ def test_tracker_and_export_refuse_another_variant_and_nonfinite_weights(golden,
     backbone = str(d / "backbone.safetensors")
     with pytest.raises(CheckpointMismatchError, match="search_size=224 but the model config has model.search_size=378"):
         Tracker.from_checkpoint(ck, variant="S-378", backbone=backbone, overrides=["model.depth=2"], device="cpu")
-    with pytest.raises(CheckpointMismatchError, match="template_size=112 but the model config has model.template_size=196"):
+    template = "template_size=112 but the model config has model.template_size=196"
+    with pytest.raises(CheckpointMismatchError, match=template):
         build_export_model("S-378", str(ck), backbone, ["model.depth=2"])
     state = load_file(ck)
     state["token_type_embed"][1, 5] = float("nan")
     nan = tmp_path / "nan.safetensors"
     save_file(state, nan, metadata=read_metadata(ck))
-    with pytest.raises(CheckpointMismatchError, match=r"(?s)non-finite values in 1 tensor\(s\).*token_type_embed \(1 NaN"):
+    nonfinite = r"(?s)non-finite values in 1 tensor\(s\).*token_type_embed \(1 NaN"
+    with pytest.raises(CheckpointMismatchError, match=nonfinite):
         Tracker.from_checkpoint(nan, variant="S-224", backbone=backbone, overrides=["model.depth=2"], device="cpu")
 
 
@@ -469,7 +473,8 @@ def test_build_is_deterministic_in_init_seed():
 def test_meta_device_counts_match_paper():
     from lorat_scale.models.profile import count
 
-    # The paper's table of parameters and MACs, computed columns (the paper rounds them to 99/13/30, 336/32/103, 1216/80/1161)
+    # The paper's table of parameters and MACs, computed columns
+    # (the paper rounds them to 99/13/30, 336/32/103, 1216/80/1161)
     for variant, (total, trainable, macs) in {"B-224": (98.7, 12.99, 29.8), "L-224": (335.7, 32.52, 102.9),
                                               "g-378": (1215.7, 80.23, 1160.4)}.items():
         s = count(variant)

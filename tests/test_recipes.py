@@ -43,7 +43,8 @@ def test_got10k_protocol_trains_on_the_full_train_split_for_100_epochs():
 def test_memory_saving_recipe_is_the_paper_with_the_estimators_sets():
     cfg = memory_saving.get_config("g-378", "/datasets", "max")
     assert cfg.model.grad_checkpointing and cfg.model.frozen_dtype == "nf4" and cfg.train.optimizer == "adamw8bit"
-    assert cfg.train.precision == "bf16" and cfg.data.train_sources == paper.get_config("g-378", "/datasets").data.train_sources
+    assert cfg.train.precision == "bf16"
+    assert cfg.data.train_sources == paper.get_config("g-378", "/datasets").data.train_sources
     with pytest.raises(ConfigError, match="memory-saving set 'tiny': expected one of none, max"):
         memory_saving.get_config(level="tiny")
 
@@ -59,7 +60,8 @@ def test_quickstart_recipe_trains_s224_on_the_sample_data(shared_data):
 def run_examples(module) -> list[list[str]]:
     """The ``lorat-scale train`` command lines of a recipe module's docstring (continuations joined)."""
     text = re.sub(r"\\\n\s*", " ", module.__doc__)
-    return [shlex.split(m.group(1), comments=True) for m in re.finditer(r"(?:lorat-scale train|-m lorat_scale\.train) (.*)", text)]
+    commands = re.finditer(r"(?:lorat-scale train|-m lorat_scale\.train) (.*)", text)
+    return [shlex.split(m.group(1), comments=True) for m in commands]
 
 
 def test_every_recipes_run_examples_parse_and_resolve():

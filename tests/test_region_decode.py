@@ -109,7 +109,8 @@ def test_crop_from_a_region_equals_the_crop_from_the_frame(shared_data):
             crop.crop_image(frame[y0 + 1:y1, x0:x1], params, 224, region=(1280, 720, x0, y0 + 1))
 
 
-@pytest.mark.parametrize("entries", [("lasot", "lasot", "all"), ("vot", "vot", None), ("coco", "det/coco128", "train2017")])
+@pytest.mark.parametrize("entries", [("lasot", "lasot", "all"), ("vot", "vot", None),
+                                     ("coco", "det/coco128", "train2017")])
 def test_pairs_are_identical_with_and_without_region_decoding(shared_data, entries):
     fmt, sub, split = entries
     seqs = read_dataset(fmt, shared_data / sub, split)

@@ -55,7 +55,8 @@ def test_otb_crossing_30_matches_golden(golden: Path, shared_data: Path, golden_
         box, score = t.track(frames[i])
         np.testing.assert_allclose(box, g["pred_boxes_xyxy"][i].numpy(), atol=1e-3, rtol=0, err_msg=f"frame {i}")
         assert abs(score - g["pred_confidence"][i].item()) < 1e-5
-        np.testing.assert_allclose(t.last["search_params"][0], g["search_crop_params"][i - 1].numpy(), atol=1e-4, rtol=0)
+        params = g["search_crop_params"][i - 1].numpy()
+        np.testing.assert_allclose(t.last["search_params"][0], params, atol=1e-4, rtol=0)
         torch.testing.assert_close(t.last["score_map"][0], g["score_maps"][i - 1], atol=1e-5, rtol=0)
         torch.testing.assert_close(t.last["boxes"][0], g["box_maps"][i - 1], atol=1e-5, rtol=0)
 

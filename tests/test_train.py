@@ -406,7 +406,7 @@ def test_resume_with_compile(train_module, sources, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("access", ["random", "stream"])
 def test_shard_training_resumes_exactly(train_module, tmp_path, shared_data, access):
-    """shards=FOLDER sources, random access and the stream: training runs, a stop + --resume auto continues bit-exactly."""
+    """shards=FOLDER sources, random access and the stream: training runs; stop + --resume auto continues bit-exactly."""
     from _data_trees import build_shards
 
     shards = build_shards(tmp_path / "src", shared_data, n_seqs=4, n=6, min_shards=2)
@@ -459,7 +459,8 @@ def test_tracking_check_during_training_scores_what_the_saved_tracker_tracks(tra
         assert set(r) >= {"track/lasot/AUC", "track/lasot/P", "track/lasot/P_norm", "track/otb/AUC", "track/seconds"}
     folders = sorted(p.name for p in (run / "tracking" / "lasot" / "lorat").iterdir())
     assert folders == ["step_00000002_000", "step_00000004_000"]
-    assert len((run / "tracking" / "otb" / "lorat" / "step_00000004_000" / "Crossing.txt").read_text().split("\n")) == 13
+    crossing = run / "tracking" / "otb" / "lorat" / "step_00000004_000" / "Crossing.txt"
+    assert len(crossing.read_text().split("\n")) == 13
 
     # The same weights through the evaluation path (checkpoint -> merged Tracker, one sequence at a time); the
     # random tiny backbone is rebuilt from its fixed seed.

@@ -20,6 +20,7 @@ import functools
 import io
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -144,7 +145,7 @@ def _libjpeg_candidates() -> list[str]:
     return [f for f in found if f]
 
 
-def _self_test(decode) -> str | None:
+def _self_test(decode: Callable[[bytes, tuple[int, int, int, int]], np.ndarray]) -> str | None:
     """None if region decodes of a test image equal the full decode's pixels (simplejpeg), else what differs."""
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:72, 0:100]
@@ -161,7 +162,7 @@ def _self_test(decode) -> str | None:
 
 
 @functools.cache
-def _region_decoder():
+def _region_decoder() -> tuple[Callable | None, str | None]:
     """(decode(data, box) function, None) if region decoding works here, else (None, why not). Loaded once."""
     try:
         from lorat_scale.data import _jpeg_region

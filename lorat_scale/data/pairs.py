@@ -263,7 +263,7 @@ def _make_pair(
         # Frame numbers in the whole sequence (a shard window starts at seq.offset): keys stay unique.
         key = f"{seq.key}/{seq.offset + t}/{seq.offset + s}"
         z_box, x_box = seq.boxes[t], seq.boxes[s]
-        def skip_bad(e: Exception) -> None:
+        def skip_bad(e: Exception, key: str = key) -> None:
             """Raise or count-and-log a bad frame/box, by ``data.on_bad_sample``."""
             if cfg.on_bad_sample == "raise":
                 raise e

@@ -54,7 +54,7 @@ def write_tracking_gif(seq: Sequence, boxes: dict[str, np.ndarray], path: str | 
         frame = cv2.resize(frame, (width, int(round(frame.shape[0] * s))), interpolation=cv2.INTER_AREA)
         if seq.valid[i]:
             draw_box(frame, seq.boxes[i] * s, GT_COLOUR, 1)
-        for k, (name, b) in enumerate(boxes.items()):
+        for k, b in enumerate(boxes.values()):
             draw_box(frame, np.asarray(b[i]) * s, COLOURS[k % len(COLOURS)])
         draw_label(frame, f"{seq.name} #{i + 1}   ground truth: white", 0, GT_COLOUR)
         for k, name in enumerate(boxes):

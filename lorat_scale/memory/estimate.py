@@ -82,7 +82,7 @@ def round_block(nbytes: int) -> int:
 # Configuration
 # ---------------------------------------------------------------------------------------------
 def resolve_config(variant: str, batch: int, overrides: list[str] | None = None, memory_saving: str = "none") -> Config:
-    """The training config for ``variant`` with a memory-saving set (``recipes/memory_saving.py``), then ``overrides``."""
+    """The training config for ``variant`` with a memory-saving set (``recipes/memory_saving.py``), then overrides."""
     if memory_saving not in SETS:
         raise ValueError(f"--memory-saving {memory_saving!r}: expected one of {list(SETS)}")
     # One micro-batch per step unless the overrides say otherwise (memory does not depend on accumulation).
@@ -766,7 +766,7 @@ def _trace(cfg: Config, world: int, ds: dict | None, accumulation: int) -> tuple
         tracker = _frozen_safe_tracker()
         grads = [0]  # the most gradient bytes alive at once (all of them, after backward, on one device)
 
-        def count_gradients(p: nn.Parameter) -> None:
+        def count_gradients(p: nn.Parameter) -> None:  # noqa: ARG001 - a post-accumulate-grad hook
             snap = next((v for d, v in tracker.get_tracker_snapshot().items() if d.type == "cuda"), {})
             grads[0] = max(grads[0], int(sum(v for k, v in snap.items() if getattr(k, "value", k) == "Gradient")))
 

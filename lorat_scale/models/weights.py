@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -58,7 +59,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             raise
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any failure means: not a weights-only torch file
         raise CheckpointMismatchError(
             f"{path}: not a safetensors file and not loadable with torch.load(weights_only=True) "
             f"(arbitrary pickles are refused for safety): {e}"
@@ -183,7 +184,7 @@ def ours_to_official(state: dict[str, torch.Tensor], swiglu: bool) -> dict[str, 
     return out
 
 
-def is_official(keys) -> bool:
+def is_official(keys: Iterable[str]) -> bool:
     """Whether a key set looks like an official LoRAT checkpoint."""
     return any(_OFFICIAL_LORA.fullmatch(k) for k in keys)
 
@@ -229,7 +230,8 @@ def recorded_model_config(meta: dict[str, str]) -> dict:
         try:
             return json.loads(meta["model_config"])
         except json.JSONDecodeError:
-            raise CheckpointMismatchError(f"metadata 'model_config' is not JSON: {meta['model_config'][:80]!r}") from None
+            bad = meta["model_config"][:80]
+            raise CheckpointMismatchError(f"metadata 'model_config' is not JSON: {bad!r}") from None
     # Older files of ours record the LoRA settings only.
     return model_config_from_meta(meta)
 

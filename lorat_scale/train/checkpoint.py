@@ -168,7 +168,8 @@ def read_marker(ckdir: Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{p}: damaged ({e})") from None
     if not isinstance(marker, dict) or marker.get("format") != FORMAT or not isinstance(marker.get("files"), dict):
-        raise CheckpointError(f"{p}: not a {FORMAT} marker (format {marker.get('format') if isinstance(marker, dict) else None!r})")
+        found = marker.get("format") if isinstance(marker, dict) else None
+        raise CheckpointError(f"{p}: not a {FORMAT} marker (format {found!r})")
     return marker
 
 

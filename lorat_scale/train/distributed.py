@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
+from typing import Any
 
 from ..config import Config, ConfigError, TrainConfig
 
@@ -51,13 +52,13 @@ def micro_batch_indices(step_in_epoch: int, global_batch: int, micro_batch: int,
     ]
 
 
-def _get(d: dict, dotted: str):
+def _get(d: dict, dotted: str) -> Any:
     for k in dotted.split(".")[:-1]:
         d = d.get(k, {})
     return d.get(dotted.split(".")[-1], None)
 
 
-def _set(d: dict, dotted: str, value) -> None:
+def _set(d: dict, dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
     for k in parents:
         d = d.setdefault(k, {})

@@ -37,7 +37,9 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TextIO
 
 import torch
 from accelerate import Accelerator
@@ -45,7 +47,8 @@ from accelerate.utils import DeepSpeedPlugin, DistributedDataParallelKwargs, Pro
 from tqdm import tqdm
 
 from .. import recipes
-from ..config import Config, ConfigError, DataConfig, add_overrides, load_config, parse_with_overrides
+from ..config import (Config, ConfigError, DataConfig, ModelConfig, add_overrides, load_config,
+                      parse_with_overrides)
 from ..data.cache import cached_read
 from ..data.pairs import PairDataset
 from ..data.readers import DatasetError, ReadReport, parse_source
@@ -169,7 +172,7 @@ def load_sources(entries: list[str], on_bad_sample: str = "raise", verbose: bool
     return sources
 
 
-def build_dataset(entries: list[str], dc, mc, micro: int, rank: int, world: int,
+def build_dataset(entries: list[str], dc: DataConfig, mc: ModelConfig, micro: int, rank: int, world: int,
                   pairs_per_epoch: int) -> PairDataset | ShardPairDataset:
     """PairDataset over reader or shard sources; ShardPairDataset for ``shards=`` with data.shard_access=stream."""
     shards = [e.split("=", 1)[1] for e in entries if e.startswith("shards=")]
@@ -179,7 +182,8 @@ def build_dataset(entries: list[str], dc, mc, micro: int, rank: int, world: int,
         return ShardPairDataset(shards, dc, mc.template_size, mc.search_size, rank=rank, world_size=world,
                                 batch_size=micro, pairs_per_epoch=pairs_per_epoch, patch_size=mc.patch_size)
     return PairDataset(load_sources(entries, dc.on_bad_sample, verbose=rank == 0, dc=dc), dc, mc.template_size,
-                       mc.search_size, pairs_per_epoch=pairs_per_epoch, rank=rank, world_size=world, patch_size=mc.patch_size)
+                       mc.search_size, pairs_per_epoch=pairs_per_epoch, rank=rank, world_size=world,
+                       patch_size=mc.patch_size)
 
 
 def run_outputs(run_dir: Path) -> dict[str, Path]:
@@ -246,7 +250,7 @@ class RunDirError(OSError):
 
 
 @contextlib.contextmanager
-def run_dir_lock(run_dir: Path):
+def run_dir_lock(run_dir: Path) -> Iterator[None]:
     """Hold ``run_dir/.lock`` (flock) while the run lives: two training processes never share a run directory.
 
     A second one (a job requeued while a killed launcher's training process still runs, a typo in two
@@ -277,7 +281,7 @@ def run_dir_lock(run_dir: Path):
         yield
 
 
-def write_or_stop(what: Path, fn, run_dir: Path) -> None:
+def write_or_stop(what: Path, fn: Callable[[], None], run_dir: Path) -> None:
     """Run a write; an OSError becomes one RunDirError naming the file and the cause."""
     try:
         fn()
@@ -511,7 +515,8 @@ def train(argv: list[str] | None, stop: StopRequest, held: contextlib.ExitStack)
         f"= global {tc.global_batch} | {spe} steps/epoch, {total_steps} steps | peak lr {peak_lr(tc):.3g} | "
         f"{'DeepSpeed ' + tc.ds_config if is_ds else accelerator.distributed_type} | precision {tc.precision} | "
         f"{len(train_ds.sources)} train sources | val {'on' if val_ds else 'off'} | tracking check "
-        + (f"every {track_every} steps on {sum(len(t.sequences) for t in track_sets)} sequences" if track_sets else "off")
+        + (f"every {track_every} steps on {sum(len(t.sequences) for t in track_sets)} sequences"
+           if track_sets else "off")
     )
 
     # ------------------------------------------------------------------------------------------
@@ -523,7 +528,7 @@ def train(argv: list[str] | None, stop: StopRequest, held: contextlib.ExitStack)
     model.train()
     last_saved = state.step if resume is not None else -1
 
-    def log_line(f, row: dict) -> None:
+    def log_line(f: TextIO, row: dict) -> None:
         def write() -> None:
             f.write(json.dumps(row) + "\n")
             f.flush()
