@@ -406,7 +406,7 @@ def test_resume_with_compile(train_module, sources, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("access", ["random", "stream"])
 def test_shard_training_resumes_exactly(train_module, tmp_path, shared_data, access):
-    """shards=FOLDER sources, random access and the stream: training runs; stop + --resume auto continues bit-exactly."""
+    """shards=FOLDER sources, random access and the stream: training runs; stop + resume continues bit-exactly."""
     from _data_trees import build_shards
 
     shards = build_shards(tmp_path / "src", shared_data, n_seqs=4, n=6, min_shards=2)
