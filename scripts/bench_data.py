@@ -175,7 +175,7 @@ def decode_options_720p(data: Path, n: int = 24, repeats: int = 3) -> None:
     """ms per 1280x720 frame (VOT ball1, its own boxes) of each decode option, its speed-up over the exact whole
     decode and its largest pixel difference to the exact decode of the same pixels. The region is the search crop's
     (search area factor 4, no jitter: what a 224 search crop of this small target reads)."""
-    from lorat_scale.data import crop
+    from lorat_scale import crop
     from lorat_scale.data.decode import decode_image_reduced, decode_region, region_decoding
 
     seq = next(q for q in read_dataset("vot", data / "vot") if "ball1" in q.key)

@@ -12,7 +12,7 @@ from PIL import Image
 from safetensors.numpy import load_file
 
 from lorat_scale.boxes import cell_mask, rasterize_xyxy
-from lorat_scale.data import crop as C
+from lorat_scale import crop as C
 
 CASES = ["lasot_airplane-1_f0", "otb_Crossing_f0", "vot_bag_f0", "vot_bag_f0_border"]
 TOL = 1e-4  # parameters and boxes (README tolerances)

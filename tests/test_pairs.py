@@ -11,7 +11,7 @@ import torch
 
 from lorat_scale.boxes import cell_mask
 from lorat_scale.config import DataConfig
-from lorat_scale.data import crop
+from lorat_scale import crop
 from lorat_scale.data.decode import decode_image, decode_image_pil
 from lorat_scale.data.pairs import (
     PairDataset,

@@ -55,7 +55,7 @@ def test_bad_shapes_raise():
 
 
 def test_crop_to_frame_is_the_crop_modules_inverse():
-    from lorat_scale.data.crop import invert_params, map_boxes
+    from lorat_scale.crop import invert_params, map_boxes
 
     rng = np.random.default_rng(0)
     params = np.stack([rng.uniform(0.5, 3, (5, 2)), rng.uniform(-200, 200, (5, 2))], axis=1)  # (5, 2, 2)

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from lorat_scale.config import DataConfig
-from lorat_scale.data import crop, decode
+from lorat_scale import crop
+from lorat_scale.data import decode
 from lorat_scale.data import pairs as P
 from lorat_scale.data.decode import decode_image, decode_region, region_decoding
 from lorat_scale.data.pairs import PairDataset

@@ -1,4 +1,4 @@
-"""Training augmentation of LoRAT (lorat_spec.md section 4.3) and ImageNet normalization.
+"""Training augmentation of LoRAT (the official transform's operations) and ImageNet normalization.
 
 Order: independent horizontal flips (boxes flipped) -> independent colour jitter (brightness,
 contrast, saturation; no hue; random order) -> the joint DeiT-III "3-augment" (grayscale / solarize /

@@ -1,4 +1,4 @@
-"""LoRAT training-pair sampling and the training transform (lorat_spec.md sections 4.1-4.3).
+"""LoRAT training-pair sampling and the training transform, as the official training code does them.
 
 The sample at ``(seed, epoch, index)`` is a pure function of those three numbers (and the data):
 the epoch plan (which dataset and sequence each index uses) comes from a generator seeded with
@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lorat_scale import crop
 from lorat_scale.boxes import cell_mask
 from lorat_scale.config import DataConfig
-from lorat_scale.data import augment, crop
+from lorat_scale.data import augment
 from lorat_scale.data.decode import decode_image, decode_image_reduced, decode_region, image_size, region_decoding
 from lorat_scale.data.sequence import BadImageError, Sequence
 

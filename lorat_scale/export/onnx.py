@@ -3,7 +3,7 @@
 Graph: ``template`` (B,3,Tz,Tz) float32 normalized, ``search`` (B,3,Tx,Tx) float32 normalized,
 ``template_mask`` (B,Tz/14,Tz/14) int64  ->  ``score_map`` (B,H,W) logits, ``boxes`` (B,H,W,4)
 normalized xyxy in the search crop. Cropping, normalization and post-processing stay outside the
-graph (lorat_scale.data.crop, lorat_scale.tracking.postprocess); the crop/post-processing settings
+graph (lorat_scale.crop, lorat_scale.tracking.postprocess); the crop/post-processing settings
 are stored in the model's metadata_props.
 
 Exporter: the TorchScript exporter (``dynamo=False``) is the default. On this model it exports in

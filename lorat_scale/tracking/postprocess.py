@@ -1,6 +1,6 @@
 """LoRAT post-processing: score map + box map -> one box per sample in frame pixels (batched).
 
-Steps (lorat_spec.md section 5.3, shared/golden/README.md "postprocess"):
+Steps, as the official tracker takes them (tests/test_postprocess.py checks them):
 sigmoid -> Hann-window blend -> argmax -> unpenalized confidence -> box x search size ->
 inverse of the *adjusted* crop parameters (float64) -> clip to the frame.
 """
@@ -11,7 +11,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from ..data.crop import invert_params, map_boxes
+from ..crop import invert_params, map_boxes
 
 __all__ = ["hann_window", "postprocess", "crop_to_frame"]
 

@@ -6,7 +6,7 @@
     # deployment on a CPU: the same crops, post-processing and boxes, the model run by ONNX Runtime
     t = Tracker.from_checkpoint(..., backend="onnxruntime")            # or precision="int8"
 
-Inference follows the official LoRAT evaluation (lorat_spec.md section 5, golden/README.md "tracking"):
+Inference follows the official LoRAT evaluation (tests/test_tracker.py checks it frame by frame):
 template crop (area factor 2) around the init box padded with the frame's mean colour and its
 foreground cell mask, cached and never updated; each frame a SiamFC search crop (area factor 4 or
 5) around the previous box (w, h raised to >= 10 px) padded with the *template* frame's mean colour,
@@ -220,7 +220,7 @@ class _TrackerBase:
 
     def _new_target(self, frame: Any, box_xyxy: Any) -> _Target:
         """Crop and cache the template of a new target (frame 0)."""
-        from ..data.crop import check_box, crop_image, image_mean, map_boxes, siamfc_params
+        from ..crop import check_box, crop_image, image_mean, map_boxes, siamfc_params
 
         frame = to_rgb_uint8(frame)
         box = check_box(box_xyxy, "init box")
@@ -240,7 +240,7 @@ class _TrackerBase:
     @torch.no_grad()
     def _step(self, targets: list[_Target], frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """One batched tracking step: crops, one forward, post-processing, state update."""
-        from ..data.crop import crop_image, enlarge_to_min_size, siamfc_params
+        from ..crop import crop_image, enlarge_to_min_size, siamfc_params
 
         tc = self.config.track
         crops, params, sizes = [], [], []

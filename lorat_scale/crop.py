@@ -1,10 +1,10 @@
-"""SiamFC crop: the ONE crop implementation used for training and tracking (golden-exact).
+"""SiamFC crop: the ONE crop implementation, shared by training (data/pairs.py) and tracking (tracking/), golden-exact.
 
 Crop parameters are a float64 numpy (2, 2) array ``[[sx, sy], [tx, ty]]``: ``x_crop = sx*x + tx``.
 ``siamfc_params`` gives the *requested* (ideal) parameters; ``crop_image`` rasterizes the visible
 part of the frame to whole pixels, resizes it with ``F.interpolate`` (bilinear, align_corners=False,
 no antialias) and returns the *adjusted* (pixel-aligned, per-axis, float32-valued) parameters,
-which every later box mapping must use (shared/golden/README.md, "How the crop is built").
+which every later box mapping must use (tests/test_crop.py checks them against the official crops).
 """
 from __future__ import annotations
 
