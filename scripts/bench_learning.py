@@ -31,6 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lorat_scale import paths
+from lorat_scale.config import add_overrides, parse_with_overrides
 from lorat_scale.outputs import OutputError, check_outputs, write_atomic
 
 
@@ -43,8 +44,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=4e-4, help="peak learning rate")
     p.add_argument("--precision", default="bf16", choices=["fp32", "bf16"], help="training precision")
     p.add_argument("--frames", type=int, default=300, help="frames of airplane-1 to track (from frame 1)")
-    p.add_argument("--overrides", nargs="*", default=[], help="more training overrides, e.g. train.warmup_epochs=0.05")
-    return p.parse_args()
+    add_overrides(p, "train.warmup_epochs=0.05")
+    return parse_with_overrides(p, None)
 
 
 def main() -> int:
