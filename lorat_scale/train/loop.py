@@ -1,15 +1,6 @@
 """Train a LoRAT tracker. The whole loop in one file, read top to bottom (nanoGPT style).
 
-    # a recipe (lorat_scale/recipes/): the paper's data, schedule and checks for a variant
-    lorat-scale train --recipe paper --variant L-224 --data-root /datasets train.output_dir=runs/L-224
-    # one process (GPU if present, else CPU), the variant preset with your own data
-    lorat-scale train --variant S-224 data.train_sources=[lasot=/data/LaSOT,coco=/data/coco] \\
-        model.backbone_weights=/w/dinov2_vits14_pretrain.pth train.output_dir=runs/s224
-    # DDP on 8 GPUs / DeepSpeed ZeRO-2 (values marked "auto" in the JSON are filled from the config)
-    accelerate launch --multi_gpu --num_processes 8 -m lorat_scale.train --variant L-224 ...
-    accelerate launch --multi_gpu --num_processes 8 scripts/train.py --variant g-224 --ds ds_configs/zero2.json ...
-    # continue from the newest intact checkpoint of train.output_dir (fresh start if there is none)
-    lorat-scale train --variant S-224 --resume auto ...
+How to run it (examples, data sources, the run folder): ``USAGE`` below, printed by ``lorat-scale train --help``.
 
 Sources: format[:split]=root with a reader of lorat_scale.data.readers (lasot, got10k, trackingnet,
 coco, custom), or shard streams shards=MANIFEST[::BASE_URL] (data_prep/make_shards.py).
