@@ -72,7 +72,8 @@ def _add_quickstart(p: argparse.ArgumentParser) -> None:
 def _cmd_convert_checkpoint(args: argparse.Namespace) -> int:
     """Convert a trainable-only checkpoint between our format and the official LoRAT format."""
     from .config import ConfigError, load_config
-    from .models.weights import CheckpointMismatchError, convert_checkpoint
+    from .models.convert_checkpoint import convert_checkpoint
+    from .models.weights import CheckpointMismatchError
 
     if args.overrides and not args.variant:
         raise ConfigError("configuration overrides need --variant (the preset they apply to)")

@@ -11,9 +11,9 @@ from lorat_scale.boxes import cell_mask
 from lorat_scale.config import ModelConfig
 from lorat_scale.models import build_model, merge_for_inference
 from lorat_scale.models.layers import _batch_subset_residual
+from lorat_scale.models.convert_checkpoint import convert_checkpoint
 from lorat_scale.models.weights import (
     CheckpointMismatchError,
-    convert_checkpoint,
     load_trainable,
     read_metadata,
     read_state_dict,

@@ -243,6 +243,7 @@ def test_interrupted_track_video_leaves_the_old_output(video, golden, tmp_path, 
 
 
 def test_interrupted_conversion_leaves_no_file(tmp_path, monkeypatch):
+    import lorat_scale.models.convert_checkpoint as conversion
     import lorat_scale.models.weights as weights
     from lorat_scale.config import ModelConfig
     from lorat_scale.models import build_model
@@ -258,9 +259,9 @@ def test_interrupted_conversion_leaves_no_file(tmp_path, monkeypatch):
         Path(filename).write_bytes(b"\x00" * 100)  # the first bytes of a file that never gets finished
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(weights, "save_file", half_then_fail)
+    monkeypatch.setattr(conversion, "save_file", half_then_fail)
     with pytest.raises(OSError, match="No space left"):
-        weights.convert_checkpoint(src, dst, to="ours", cfg=cfg)
+        conversion.convert_checkpoint(src, dst, to="ours", cfg=cfg)
     assert not dst.exists() and _leftovers(tmp_path) == []
 
 

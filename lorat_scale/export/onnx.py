@@ -47,7 +47,7 @@ def build_export_model(
 ) -> tuple[LoRAT, Config]:
     """Merged fp32 model and its config from a checkpoint + backbone (without a checkpoint: untrained head)."""
     from ..models import merge_for_inference
-    from ..tracking.tracker import load_model
+    from ..models.builder import load_model
 
     model, cfg = load_model(checkpoint or None, variant=variant, backbone=backbone, overrides=overrides)
     if not checkpoint:

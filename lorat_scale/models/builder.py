@@ -1,15 +1,18 @@
-"""Building a LoRAT training model: the network, its backbone weights, frozen storage and LoRA.
+"""Building a LoRAT model: the network, its backbone weights, frozen storage, LoRA, and trained checkpoints.
 
 One module for assembly (as timm's ``_builder``): ``lorat.py`` defines the network, ``weights.py``
 reads and converts weight files, ``lora.py`` injects adapters; only this module uses all three.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
-from ..config import ModelConfig
+from ..config import Config, ModelConfig, apply_overrides, config_from_dict, validate
 from . import lora, weights
 from .lorat import LoRAT
+from .weights import load_trainable, model_config_from_meta, read_metadata
 
 
 def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", backbone_state: dict | None = None) -> LoRAT:
@@ -46,3 +49,59 @@ def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", backbone_s
     # peft creates adapters in the base weight's dtype; trainable tensors follow the config instead.
     lora.set_lora_dtype_(model, lora.FROZEN_DTYPES[cfg.trainable_dtype])
     return model
+
+
+def resolve_config(
+    checkpoint: str | Path | None,
+    variant: str | None = None,
+    backbone: str = "",
+    config: Config | None = None,
+    overrides: list[str] | None = None,
+) -> Config:
+    """The configuration ``load_model`` builds for these arguments, without building the model.
+
+    The variant comes from ``config``, else ``variant``, else the checkpoint metadata, else S-224.
+    Backbone: ``backbone`` or ``config.model.backbone_weights``; required with a checkpoint
+    (checkpoints hold no frozen weights).
+    """
+    meta: dict[str, str] = {}
+    if checkpoint:
+        checkpoint = Path(checkpoint)
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+        try:
+            meta = read_metadata(checkpoint)
+        except Exception:  # noqa: BLE001 - torch .pth checkpoints carry no safetensors header
+            meta = {}
+    if config is None:  # the preset with the checkpoint's recorded LoRA fields, checked like any config
+        source = f"checkpoint {checkpoint}" if checkpoint else "config"
+        config = config_from_dict({"variant": variant or meta.get("variant") or "S-224",
+                                   "model": model_config_from_meta(meta, source)}, source)
+    apply_overrides(config, overrides or [])
+    validate(config)
+    if backbone:
+        config.model.backbone_weights = str(backbone)
+    if checkpoint and not config.model.backbone_weights:
+        raise ValueError(
+            "a backbone is needed: trainable-only checkpoints hold no frozen DINOv2 weights "
+            "(pass backbone=PATH or set model.backbone_weights)"
+        )
+    return config
+
+
+def load_model(
+    checkpoint: str | Path | None,
+    variant: str | None = None,
+    backbone: str = "",
+    config: Config | None = None,
+    overrides: list[str] | None = None,
+) -> tuple[LoRAT, Config]:
+    """(un-merged model, config) from a trainable checkpoint (ours or official) + backbone weights.
+
+    The configuration is ``resolve_config``'s. Without a checkpoint the head is untrained.
+    """
+    config = resolve_config(checkpoint, variant=variant, backbone=backbone, config=config, overrides=overrides)
+    model = build_model(config.model)
+    if checkpoint:
+        load_trainable(model, checkpoint)
+    return model, config

@@ -24,73 +24,14 @@ import numpy as np
 import torch
 
 from ..boxes import cell_mask, xywh_to_xyxy
-from ..config import Config, ConfigError, apply_overrides, config_from_dict, get_preset, validate
+from ..config import Config, ConfigError, get_preset
 from ..data.augment import normalize
-from ..models import LoRAT, build_model, merge_for_inference
+from ..models import LoRAT, merge_for_inference
+from ..models.builder import load_model, resolve_config  # re-exported: part of the tracking API
 from .backends import OnnxRuntimeRunner, TorchRunner, check_backend
 from .postprocess import postprocess
 
 __all__ = ["Tracker", "BatchTracker", "load_model", "resolve_config", "to_rgb_uint8", "resolve_device"]
-
-
-def resolve_config(
-    checkpoint: str | Path | None,
-    variant: str | None = None,
-    backbone: str = "",
-    config: Config | None = None,
-    overrides: list[str] | None = None,
-) -> Config:
-    """The configuration ``load_model`` builds for these arguments, without building the model.
-
-    The variant comes from ``config``, else ``variant``, else the checkpoint metadata, else S-224.
-    Backbone: ``backbone`` or ``config.model.backbone_weights``; required with a checkpoint
-    (checkpoints hold no frozen weights).
-    """
-    from ..models.weights import model_config_from_meta, read_metadata
-
-    meta: dict[str, str] = {}
-    if checkpoint:
-        checkpoint = Path(checkpoint)
-        if not checkpoint.is_file():
-            raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
-        try:
-            meta = read_metadata(checkpoint)
-        except Exception:  # noqa: BLE001 - torch .pth checkpoints carry no safetensors header
-            meta = {}
-    if config is None:  # the preset with the checkpoint's recorded LoRA fields, checked like any config
-        source = f"checkpoint {checkpoint}" if checkpoint else "config"
-        config = config_from_dict({"variant": variant or meta.get("variant") or "S-224",
-                                   "model": model_config_from_meta(meta, source)}, source)
-    apply_overrides(config, overrides or [])
-    validate(config)
-    if backbone:
-        config.model.backbone_weights = str(backbone)
-    if checkpoint and not config.model.backbone_weights:
-        raise ValueError(
-            "a backbone is needed: trainable-only checkpoints hold no frozen DINOv2 weights "
-            "(pass backbone=PATH or set model.backbone_weights)"
-        )
-    return config
-
-
-def load_model(
-    checkpoint: str | Path | None,
-    variant: str | None = None,
-    backbone: str = "",
-    config: Config | None = None,
-    overrides: list[str] | None = None,
-) -> tuple[LoRAT, Config]:
-    """(un-merged model, config) from a trainable checkpoint (ours or official) + backbone weights.
-
-    The configuration is ``resolve_config``'s. Without a checkpoint the head is untrained.
-    """
-    from ..models.weights import load_trainable
-
-    config = resolve_config(checkpoint, variant=variant, backbone=backbone, config=config, overrides=overrides)
-    model = build_model(config.model)
-    if checkpoint:
-        load_trainable(model, checkpoint)
-    return model, config
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
