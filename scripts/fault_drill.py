@@ -83,6 +83,12 @@ def steps_done(run_dir: Path) -> int:
     return max((r["step"] for r in rows if "loss" in r), default=0)
 
 
+def wait_for_step(run: Run, run_dir: Path, step: int) -> None:
+    """Return once ``run`` has logged ``step`` (or has ended)."""
+    while run.proc.poll() is None and steps_done(run_dir) < step:
+        time.sleep(0.01)
+
+
 def max_diff(a: Path, b: Path) -> float:
     """Largest |difference| over the trainable tensors of two model.safetensors files (inf if one is missing)."""
     from safetensors.torch import load_file
@@ -224,8 +230,7 @@ def drill_dead_server(base: list[str], work: Path, data: Path) -> dict:
         back = work / "back"
         run = Run([*args, f"train.output_dir={back}"], work / "back.log")
         runs.append(run)
-        while run.proc.poll() is None and steps_done(back) < 5:
-            time.sleep(0.01)
+        wait_for_step(run, back, 5)
         server.kill()
         time.sleep(1.0)
         server.start()
@@ -234,8 +239,7 @@ def drill_dead_server(base: list[str], work: Path, data: Path) -> dict:
         dead = work / "dead"
         run = Run([*args, f"train.output_dir={dead}"], work / "dead0.log")
         runs.append(run)
-        while run.proc.poll() is None and steps_done(dead) < 5:
-            time.sleep(0.01)
+        wait_for_step(run, dead, 5)
         server.kill()
         rc_dead, error = run.proc.wait(), run.error()
         server.start()

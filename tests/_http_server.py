@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 import threading
 import time
@@ -85,6 +86,18 @@ class RangeServer:
         """Stop serving and close the listening socket (new connections are refused)."""
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def spawn(folder: str | os.PathLike, port_file: Path, timeout: float = 30.0) -> tuple[subprocess.Popen, str]:
+    """This server as a separate process (so a test can SIGKILL it): (process, url) once it listens."""
+    proc = subprocess.Popen([sys.executable, __file__, str(folder), str(port_file)])
+    deadline = time.time() + timeout
+    while not port_file.exists() or not port_file.read_text():
+        if time.time() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise RuntimeError(f"test server for {folder} did not start")
+        time.sleep(0.05)
+    return proc, port_file.read_text()
 
 
 if __name__ == "__main__":

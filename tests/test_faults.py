@@ -12,7 +12,6 @@ import pickle
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -382,16 +381,11 @@ def test_full_disk_and_read_only_output_stop_with_one_line_and_keep_the_last_che
 def test_killed_shard_server_stops_the_run_naming_url_and_cause(loop, tmp_path, shared_data, monkeypatch):
     """Not 'all bad records': one line with the URL, the attempts and the cause; the checkpoints stay intact."""
     from _data_trees import build_shards
+    from _http_server import spawn as spawn_server
 
     shards = build_shards(tmp_path / "src", shared_data, n_seqs=4, n=6, min_shards=2)
-    port_file = tmp_path / "url"
-    server = subprocess.Popen([sys.executable, str(ROOT / "tests" / "_http_server.py"), str(shards), str(port_file)])
+    server, url = spawn_server(shards, tmp_path / "url")
     try:
-        deadline = time.time() + 30
-        while not port_file.exists() or not port_file.read_text():
-            assert time.time() < deadline, "test server did not start"
-            time.sleep(0.05)
-        url = port_file.read_text()
         real, calls = loop.train_step, []
 
         def step_then_kill(*a, **kw):  # the server dies during step 3 (its batch was read already)

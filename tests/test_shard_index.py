@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ import torch
 
 from _data_trees import build_shards, custom_tree, got10k_tree, lasot_tree
 from _http_server import RangeServer
+from _http_server import spawn as spawn_server
 from lorat_scale.config import DataConfig
 from lorat_scale.data.pairs import IO_COUNTS, PairDataset, collate
 from lorat_scale.data.readers import read_dataset
@@ -205,15 +204,8 @@ def test_slow_busy_and_rangeless_servers(raw_and_shards):
 def test_killed_server_stops_training_with_a_clear_error(raw_and_shards, tmp_path):
     """A dead server is not data corruption: the sampler does not skip it as bad frames, it stops, naming the cause."""
     _, folders = raw_and_shards
-    port_file = tmp_path / "url"
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "_http_server.py"), str(folders[0].parent),
-                             str(port_file)])
+    proc, url = spawn_server(folders[0].parent, tmp_path / "url")
     try:
-        deadline = time.time() + 30
-        while not port_file.exists() or not port_file.read_text():
-            assert time.time() < deadline, "test server did not start"
-            time.sleep(0.05)
-        url = port_file.read_text()
         ds = PairDataset([load_shards(f"{url}/lasot", FAST)], DataConfig(max_frame_gap=6, pairs_per_epoch=8), TZ, TX)
         assert ds[0]["counters"]["bytes_read"] > 0  # served
         os.kill(proc.pid, signal.SIGKILL)
